@@ -1,0 +1,28 @@
+# The two commands a fresh machine needs (see README): `make reproduce` and `make test`.
+# Both create .venv on first use. TORCH picks the PyTorch build installed before normlab;
+# the default is the CPU build (normlab itself accepts any torch>=2.4).
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+PY     := $(VENV)/bin/python
+
+.PHONY: reproduce test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[lab,triton,test]"
+	touch $@
+
+reproduce: $(VENV)/.installed
+	$(VENV)/bin/normlab reproduce $(ARGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -n 2 $(ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench_batchnorm.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,114 @@
+"""Batch norm on the CPU: normlab against torch.nn.BatchNorm2d, same tensors, same process.
+
+For each shape and layout it times training forward+backward and inference forward of
+    torch    torch.nn.BatchNorm2d
+    default  normlab.BatchNorm2d with the automatic backend choice
+    own      normlab.BatchNorm2d forced onto normlab's own implementation
+and prints the time ratio against torch (below 1 is faster) and the geometric means.
+Rounds interleave the three so that drift in the machine hits them alike; each figure
+is the median over rounds.
+
+    python benchmarks/bench_batchnorm.py            # ResNet-50 stage shapes at batch 32
+    python benchmarks/bench_batchnorm.py --quick    # small shapes, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import time
+
+import torch
+
+import normlab
+
+RESNET50_BATCH32 = [(32, 64, 112, 112), (32, 256, 56, 56), (32, 512, 28, 28), (32, 1024, 14, 14), (32, 2048, 7, 7)]
+QUICK = [(8, 16, 16, 16), (8, 64, 8, 8)]
+
+
+def make_step(layer, x, dy, backend, train):
+    def run():
+        with normlab.use_backend(backend):
+            if train:
+                x.grad = None
+                layer(x).backward(dy)
+            else:
+                with torch.no_grad():
+                    layer(x)
+
+    return run
+
+
+def median_times(runs: dict, rounds: int, min_time: float) -> dict:
+    """Median seconds per call of each runner, over interleaved rounds."""
+    for run in runs.values():  # warm up
+        run()
+    # calls per round so that a round of the slowest runner lasts about min_time
+    t0 = time.perf_counter()
+    for run in runs.values():
+        run()
+    per_call = (time.perf_counter() - t0) / len(runs)
+    reps = max(1, int(min_time / max(per_call, 1e-6)))
+    samples = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                run()
+            samples[name].append((time.perf_counter() - t0) / reps)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def geomean(xs):
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small shapes, a few seconds")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--min-time", type=float, default=0.2, help="seconds per round per runner")
+    args = parser.parse_args(argv)
+    shapes = QUICK if args.quick else RESNET50_BATCH32
+    rounds, min_time = (3, 0.02) if args.quick else (args.rounds, args.min_time)
+
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, float32")
+    header = f"{'shape':<22}{'layout':<15}{'mode':<11}{'torch ms':>10}{'default/torch':>15}{'own/torch':>11}"
+    print(header)
+    print("-" * len(header))
+    ratios = {(mode, impl): [] for mode in ("train", "eval") for impl in ("default", "own")}
+    for shape in shapes:
+        for layout in (torch.contiguous_format, torch.channels_last):
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(shape, generator=gen).to(memory_format=layout).requires_grad_()
+            dy = torch.randn(shape, generator=gen).to(memory_format=layout)
+            ref, ours = torch.nn.BatchNorm2d(shape[1]), normlab.BatchNorm2d(shape[1])
+            for mode in ("train", "eval"):
+                train = mode == "train"
+                ref.train(train), ours.train(train)
+                times = median_times(
+                    {
+                        "torch": make_step(ref, x, dy, None, train),
+                        "default": make_step(ours, x, dy, None, train),
+                        "own": make_step(ours, x, dy, "normlab", train),
+                    },
+                    rounds,
+                    min_time,
+                )
+                r_default, r_own = times["default"] / times["torch"], times["own"] / times["torch"]
+                ratios[(mode, "default")].append(r_default)
+                ratios[(mode, "own")].append(r_own)
+                name = "channels_last" if layout is torch.channels_last else "NCHW"
+                print(f"{str(shape):<22}{name:<15}{mode:<11}{times['torch'] * 1e3:>10.3f}{r_default:>15.3f}{r_own:>11.3f}")
+    print("-" * len(header))
+    for mode in ("train", "eval"):
+        label = "train fwd+bwd" if mode == "train" else "eval fwd"
+        print(
+            f"geomean {label:<40}{geomean(ratios[(mode, 'default')]):>15.3f}{geomean(ratios[(mode, 'own')]):>11.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""normlab: batch normalization and its relatives, done properly on PyTorch.
+
+Layers (``normlab.nn``), their functional forms (``normlab.functional``), the float64
+reference they are tested against (``normlab.reference``, which needs only NumPy),
+tools around them (``normlab.tools``) and a lab that tests the claims made about batch
+normalization (``normlab.lab``).
+
+Names are resolved on first use, so that ``import normlab.reference`` works on a
+machine without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module it lives in
+_EXPORTS = {
+    "BatchNorm1d": "normlab.nn",
+    "BatchNorm2d": "normlab.nn",
+    "BatchNorm3d": "normlab.nn",
+    "get_backend": "normlab.kernels",
+    "set_backend": "normlab.kernels",
+    "use_backend": "normlab.kernels",
+    "summary": "normlab.tools",
+}
+_SUBMODULES = {"autograd", "functional", "kernels", "nn", "reference", "tools", "lab"}
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES])
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"normlab.{name}")
+    else:
+        raise AttributeError(f"module 'normlab' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

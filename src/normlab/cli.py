@@ -1,0 +1,89 @@
+"""The ``normlab`` command line.
+
+    normlab summary MODEL [--checkpoint FILE] --input-size 3 32 32
+
+MODEL is ``module:callable``: a module importable from the current directory (or a
+path to a .py file) and a callable in it that returns an ``nn.Module``; a checkpoint,
+when given, is a ``state_dict`` (or a whole saved module) loaded into it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import pathlib
+import sys
+
+
+class CommandError(Exception):
+    """A problem with what the user asked for: printed without a traceback, exit status 2."""
+
+
+def load_model(spec: str, checkpoint: str | None = None):
+    """Build the model named by ``module:callable`` and load ``checkpoint`` into it."""
+    import torch
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CommandError(f"model must be given as module:callable, got {spec!r}")
+    path = pathlib.Path(module_name)
+    try:
+        if path.suffix == ".py":
+            if not path.exists():
+                raise CommandError(f"no such file: {path}")
+            loader = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+        else:
+            sys.path.insert(0, str(pathlib.Path.cwd()))
+            module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise CommandError(f"cannot import {module_name!r}: {e}") from e
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise CommandError(f"{module_name!r} has no callable {attr!r}")
+    model = factory()
+    if not isinstance(model, torch.nn.Module):
+        raise CommandError(f"{spec} returned {type(model).__name__}, expected a torch.nn.Module")
+    if checkpoint is not None:
+        if not pathlib.Path(checkpoint).exists():
+            raise CommandError(f"no such checkpoint: {checkpoint}")
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if isinstance(state, torch.nn.Module):
+            state = state.state_dict()
+        model.load_state_dict(state)
+    return model
+
+
+def _summary(args) -> int:
+    from .tools import summary
+
+    model = load_model(args.model, args.checkpoint)
+    print(summary(model, tuple(args.input_size)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="normlab", description="Batch normalization, done properly.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("summary", help="Keras-style parameter table of a model")
+    p.add_argument("model", help="module:callable returning the model")
+    p.add_argument("--checkpoint", help="state_dict to load into the model")
+    p.add_argument("--input-size", type=int, nargs="+", required=True, help="one sample's shape, without the batch")
+    p.set_defaults(run=_summary)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except CommandError as e:
+        print(f"normlab {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

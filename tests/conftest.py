@@ -1,0 +1,40 @@
+"""Shared test configuration: threads, hypothesis profile, tolerances, backends."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+# Under pytest-xdist each worker gets one thread, so workers do not fight over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+settings.register_profile(
+    "normlab",
+    deadline=None,
+    max_examples=30,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "normlab"))
+
+
+def assert_rel(actual, expected, rel=1e-5, what=""):
+    """max |actual - expected| <= rel * max |expected|: agreement relative to the scale of the result."""
+    actual, expected = (torch.as_tensor(np.array(v, dtype=np.float64)) if not torch.is_tensor(v) else v.double()
+                        for v in (actual, expected))
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    err = (actual - expected).abs().max().item() if expected.numel() else 0.0
+    scale = max(expected.abs().max().item() if expected.numel() else 0.0, 1e-12)
+    assert err <= rel * scale, f"{what}: max error {err:.3g} > {rel:g} x scale {scale:.3g}"
+
+
+@pytest.fixture(params=["native", "normlab"])
+def backend(request):
+    """Run the test under each dispatch path."""
+    import normlab
+
+    with normlab.use_backend(request.param):
+        yield request.param

@@ -1,0 +1,95 @@
+"""Bad input gets a clear error naming the layer, the expectation and what came."""
+
+import pytest
+import torch
+
+import normlab
+
+
+@pytest.mark.parametrize(
+    "layer,x,message",
+    [
+        (normlab.BatchNorm1d(4), torch.randn(2, 4, 3, 3), r"BatchNorm1d\(4\): expected a 2-D \(N, C\) or 3-D \(N, C, L\) input, got a 4-D input of shape \(2, 4, 3, 3\)"),
+        (normlab.BatchNorm2d(4), torch.randn(2, 4, 3), r"BatchNorm2d\(4\): expected a 4-D \(N, C, H, W\) input, got a 3-D"),
+        (normlab.BatchNorm3d(4), torch.randn(2, 4, 3, 3), r"BatchNorm3d\(4\): expected a 5-D"),
+        (normlab.BatchNorm2d(4), torch.randn(2, 3, 5, 5), r"BatchNorm2d\(4\): expected 4 channels in dim 1 of the input, got 3"),
+    ],
+)
+def test_wrong_shape(layer, x, message):
+    with pytest.raises(ValueError, match=message):
+        layer(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool, torch.complex64])
+def test_non_floating_input(dtype):
+    with pytest.raises(TypeError, match=rf"BatchNorm1d\(3\): expected a floating-point input .* got {dtype}"):
+        normlab.BatchNorm1d(3)(torch.ones(4, 3, dtype=dtype))
+
+
+def test_not_a_tensor():
+    with pytest.raises(TypeError, match=r"BatchNorm1d\(3\): expected a torch.Tensor, got list"):
+        normlab.BatchNorm1d(3)([[1.0, 2.0, 3.0]])
+
+
+@pytest.mark.parametrize("layer,shape", [(normlab.BatchNorm1d(3), (1, 3)), (normlab.BatchNorm2d(3), (1, 3, 1, 1))])
+def test_one_value_per_channel_in_training_says_what_to_do(layer, shape):
+    with pytest.raises(ValueError, match=r"more than one value per channel.*call \.eval\(\)"):
+        layer(torch.randn(shape))
+    assert layer.num_batches_tracked.item() == 0  # the refused batch is not counted
+    layer.eval()
+    assert layer(torch.randn(shape)).shape == shape
+
+
+def test_one_value_per_channel_in_functional_form(backend):
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        normlab.functional.batch_norm(torch.randn(1, 3), None, None, training=True)
+
+
+def test_mismatched_state_dict_names_the_layer():
+    sd = torch.nn.BatchNorm2d(32).state_dict()
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), normlab.BatchNorm2d(64))
+    with pytest.raises(ValueError, match=r"BatchNorm2d\(64\): the checkpoint's '1.weight' has shape \(32,\), expected \(64,\)"):
+        model.load_state_dict({"0.weight": model[0].weight, "0.bias": model[0].bias, **{f"1.{k}": v for k, v in sd.items()}})
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_training_batch_is_refused_and_state_kept(backend, bad):
+    bn = normlab.BatchNorm2d(3)
+    bn(torch.randn(4, 3, 2, 2))
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    x = torch.randn(4, 3, 2, 2)
+    x[1, 2, 0, 1] = bad
+    with pytest.raises(FloatingPointError, match=r"BatchNorm2d\(3\): the batch statistics of channel\(s\) 2 are not finite"):
+        bn(x)
+    for k, v in bn.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_non_finite_check_can_be_turned_off_to_behave_like_torch():
+    bn, ref = normlab.BatchNorm1d(2), torch.nn.BatchNorm1d(2)
+    bn.check_finite = False
+    x = torch.tensor([[1.0, float("nan")], [2.0, 1.0], [3.0, 0.0]])
+    torch.testing.assert_close(bn(x), ref(x), equal_nan=True)
+    assert torch.isnan(bn.running_mean[1]) and not torch.isnan(bn.running_mean[0])
+
+
+def test_non_finite_input_in_eval_stays_where_it_is():
+    """In eval the map is per element: a NaN reaches only its own output."""
+    bn = normlab.BatchNorm1d(2).eval()
+    x = torch.tensor([[float("nan"), 1.0], [2.0, 1.0]])
+    y = bn(x)
+    assert torch.isnan(y[0, 0]) and torch.isfinite(y.flatten()[1:]).all()
+
+
+def test_constructor_arguments_are_checked():
+    with pytest.raises(ValueError, match=r"BatchNorm1d: momentum .* must lie in \[0, 1\].*got 1.5"):
+        normlab.BatchNorm1d(3, momentum=1.5)
+    with pytest.raises(ValueError, match="num_features must be a positive int"):
+        normlab.BatchNorm2d(0)
+    with pytest.raises(ValueError, match="eps must be non-negative"):
+        normlab.BatchNorm2d(3, eps=-1.0)
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="unknown normlab backend 'cuda'"):
+        normlab.set_backend("cuda")
