@@ -1,18 +1,32 @@
 """Functional API: the normalizations as functions, with torch.nn.functional's signatures.
 
 Each function asks :func:`normlab.kernels.choose` which backend runs it and otherwise
-runs normlab's own implementation, :class:`normlab.autograd.Normalize`.
+runs normlab's own implementation, :class:`normlab.autograd.Normalize` (or, for
+mean-only batch norm and weight norm, which do not divide by a standard deviation,
+a few differentiable torch operations). Checks that guard against a silent wrong
+answer run before the choice, so that both backends refuse the same inputs.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 
 from . import kernels
-from .autograd import Normalize, accumulation_dtype, affine
+from .autograd import Normalize, accumulation_dtype, affine, centered
 
-__all__ = ["batch_norm", "update_running_stats"]
+__all__ = [
+    "batch_norm",
+    "update_running_stats",
+    "layer_norm",
+    "group_norm",
+    "instance_norm",
+    "rms_norm",
+    "mean_only_batch_norm",
+    "weight_norm",
+]
 
 
 def _per_channel(v: torch.Tensor | None, ndim: int) -> torch.Tensor | None:
@@ -82,3 +96,216 @@ def batch_norm(
     y, mean, var = Normalize.apply(input, weight, bias, dims, eps, True)
     update_running_stats(running_mean, running_var, mean, var, values_per_channel(input), momentum)
     return y
+
+
+# --- layer, group, instance and RMS norm: Normalize over other axes -----------------------
+
+
+def _check_eps(eps, who: str) -> None:
+    if eps <= 0:
+        raise ValueError(f"{who}: eps must be positive, got {eps}")
+
+
+def check_normalized_shape(input: torch.Tensor, normalized_shape: tuple[int, ...], who: str) -> None:
+    """Raise unless ``input`` ends in ``normalized_shape`` (layer norm and RMS norm)."""
+    k = len(normalized_shape)
+    if input.dim() < k or tuple(input.shape[input.dim() - k :]) != normalized_shape:
+        raise ValueError(
+            f"{who}: expected an input whose last {k} dim(s) are {normalized_shape}, got an input of "
+            f"shape {tuple(input.shape)}"
+        )
+
+
+def _check_params(normalized_shape: tuple[int, ...], who: str, **params) -> None:
+    for name, p in params.items():
+        if p is not None and tuple(p.shape) != normalized_shape:
+            raise ValueError(f"{who}: expected {name} of shape {normalized_shape}, got {tuple(p.shape)}")
+
+
+def _as_shape(normalized_shape) -> tuple[int, ...]:
+    return (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+
+
+def _trailing_dims(input: torch.Tensor, normalized_shape) -> tuple[int, ...]:
+    return tuple(range(input.dim() - len(normalized_shape), input.dim()))
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -> torch.Tensor:
+    r"""Layer normalization (Ba et al. 2016) over the trailing ``normalized_shape`` axes.
+
+    Same signature and semantics as :func:`torch.nn.functional.layer_norm`:
+    :math:`y = \gamma (x - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta` with the mean and biased
+    variance of each sample's trailing axes; ``weight`` and ``bias`` of shape ``normalized_shape``.
+    """
+    normalized_shape = _as_shape(normalized_shape)
+    check_normalized_shape(input, normalized_shape, "layer_norm")
+    _check_params(normalized_shape, "layer_norm", weight=weight, bias=bias)
+    _check_eps(eps, "layer_norm")
+    if kernels.choose("layer_norm", input) == "native":
+        return F.layer_norm(input, normalized_shape, weight, bias, eps)
+    return Normalize.apply(input, weight, bias, _trailing_dims(input, normalized_shape), eps, True)[0]
+
+
+def rms_norm(input, normalized_shape, weight=None, eps: float | None = None) -> torch.Tensor:
+    r"""RMS normalization (Zhang & Sennrich 2019) over the trailing ``normalized_shape`` axes.
+
+    Same signature and semantics as :func:`torch.nn.functional.rms_norm`:
+    :math:`y = \gamma x / \sqrt{\mathrm{mean}(x^2) + \epsilon}`, no centering, no bias.
+    ``eps=None`` is the machine epsilon of the type the statistics are computed in
+    (float32 for 16-bit and 32-bit inputs, float64 for float64), as in torch.
+    """
+    normalized_shape = _as_shape(normalized_shape)
+    check_normalized_shape(input, normalized_shape, "rms_norm")
+    _check_params(normalized_shape, "rms_norm", weight=weight)
+    if eps is not None:
+        _check_eps(eps, "rms_norm")
+    if kernels.choose("rms_norm", input) == "native":
+        return F.rms_norm(input, normalized_shape, weight, eps)
+    if eps is None:
+        eps = torch.finfo(accumulation_dtype(input.dtype)).eps
+    return Normalize.apply(input, weight, None, _trailing_dims(input, normalized_shape), eps, False)[0]
+
+
+def check_groups(input: torch.Tensor, num_groups: int, who: str) -> None:
+    """Raise unless ``input`` is ``(N, C, *)`` with C divisible into ``num_groups`` groups of
+    more than one value each (a group of one value normalizes to 0 whatever it holds)."""
+    if input.dim() < 2:
+        raise ValueError(f"{who}: expected an input of shape (N, C, *), got a {input.dim()}-D input")
+    channels = input.shape[1]
+    if channels % num_groups:
+        raise ValueError(f"{who}: the {channels} channels of the input do not divide into {num_groups} groups")
+    if channels // num_groups * math.prod(input.shape[2:]) == 1:
+        raise ValueError(
+            f"{who}: each group holds a single value ({channels // num_groups} channel(s) of "
+            f"{num_groups} groups, spatial size {tuple(input.shape[2:])}), which normalizes to 0 "
+            f"whatever it is; got an input of shape {tuple(input.shape)}. Use fewer groups."
+        )
+
+
+def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5) -> torch.Tensor:
+    r"""Group normalization (Wu & He 2018): the channels of each sample in ``num_groups`` groups.
+
+    Same signature and semantics as :func:`torch.nn.functional.group_norm`. normlab's
+    own implementation normalizes the view ``(N, G, C/G, *spatial)`` of the input over
+    axes 2 and up, with the per-channel ``weight`` and ``bias`` viewed as ``(1, G, C/G, 1, ...)``.
+    Unlike torch, a group of one value is refused for every batch size, not only for N = 1.
+    """
+    check_groups(input, num_groups, "group_norm")
+    _check_eps(eps, "group_norm")
+    if kernels.choose("group_norm", input) == "native":
+        return F.group_norm(input, num_groups, weight, bias, eps)
+    n, c, *spatial = input.shape
+    view = (n, num_groups, c // num_groups, *spatial)
+    param_view = (1, num_groups, c // num_groups, *[1] * len(spatial))
+    weight, bias = (None if p is None else p.view(param_view) for p in (weight, bias))
+    y = Normalize.apply(input.reshape(view), weight, bias, tuple(range(2, len(view))), eps, True)[0]
+    return y.view(input.shape)
+
+
+def spatial_size(input: torch.Tensor) -> int:
+    """How many values each instance (one channel of one sample) holds."""
+    return math.prod(input.shape[2:])
+
+
+def instance_norm(
+    input: torch.Tensor,
+    running_mean: torch.Tensor | None = None,
+    running_var: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    r"""Instance normalization (Ulyanov et al. 2016): each channel of each sample over its spatial axes.
+
+    Same signature and semantics as :func:`torch.nn.functional.instance_norm`. With
+    ``use_input_stats``, :math:`y = \gamma (x - \mu_{nc}) / \sqrt{\sigma_{nc}^2 + \epsilon} + \beta`,
+    and running statistics, when given, are updated with the average over the batch of
+    the instances' means and unbiased variances (torch's rule). Otherwise the running
+    statistics normalize, exactly as batch norm does at inference.
+    """
+    if use_input_stats and spatial_size(input) == 1:
+        raise ValueError(
+            "instance_norm: normalizing each instance needs more than one spatial value, got an "
+            f"input of shape {tuple(input.shape)}"
+        )
+    if eps < 0 or (use_input_stats and eps == 0):
+        raise ValueError(f"instance_norm: eps must be positive, got {eps}")
+    if kernels.choose("instance_norm", input) == "native":
+        return F.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
+    if not use_input_stats:
+        if running_mean is None or running_var is None:
+            raise ValueError("instance_norm: use_input_stats=False needs running_mean and running_var")
+        return batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
+    ndim = input.dim()
+    weight, bias = _per_channel(weight, ndim), _per_channel(bias, ndim)
+    if input.numel() == 0:  # an empty batch: no statistics, running ones left alone
+        return affine(input, weight, bias)
+    y, mean, var = Normalize.apply(input, weight, bias, tuple(range(2, ndim)), eps, True)
+    update_running_stats(running_mean, running_var, mean.mean(0), var.mean(0), spatial_size(input), momentum)
+    return y
+
+
+# --- mean-only batch norm and weight norm: no division by a standard deviation ----------
+
+
+def mean_only_batch_norm(
+    input: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+) -> torch.Tensor:
+    r"""Mean-only batch normalization (Salimans & Kingma 2016, section 4): per channel (dim 1),
+    :math:`y = x - \mu_B + \beta` in training, with the batch mean over every other axis, and
+    :math:`y = x - \hat\mu + \beta` otherwise. In training the running mean, when given, is
+    updated as batch norm's: ``running_mean = (1 - momentum) * running_mean + momentum * mean``.
+
+    torch has no such operation, so this always runs normlab's own implementation.
+    """
+    if training and values_per_channel(input) == 1:
+        raise ValueError(
+            "mean_only_batch_norm: training needs more than one value per channel (with one, the "
+            f"output is the bias whatever the input), got an input of shape {tuple(input.shape)}"
+        )
+    ndim = input.dim()
+    x = input.to(accumulation_dtype(input.dtype))
+    if not training:
+        if running_mean is None:
+            raise ValueError("mean_only_batch_norm: evaluation needs running_mean")
+        y = x - _per_channel(running_mean, ndim)
+    elif input.numel() == 0:
+        y = x
+    else:
+        dims = (0, *range(2, ndim))
+        y, shift, mean_shifted = centered(x, dims, True)
+        update_running_stats(running_mean, None, shift + mean_shifted, None, values_per_channel(input), momentum)
+    return affine(y, None, _per_channel(bias, ndim)).to(input.dtype)
+
+
+def norm_except_dim(v: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """||v|| over every axis but ``dim``, keepdim; over all axes (a scalar) for dim None or -1.
+
+    This is torch's convention (``torch.norm_except_dim``): -1 does not mean the last axis.
+    """
+    acc = accumulation_dtype(v.dtype)
+    if dim is None or dim == -1:
+        return torch.linalg.vector_norm(v, dtype=acc).to(v.dtype)
+    dim %= v.dim()
+    dims = tuple(d for d in range(v.dim()) if d != dim)
+    return torch.linalg.vector_norm(v, 2, dims, keepdim=True, dtype=acc).to(v.dtype)
+
+
+def weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int | None = 0) -> torch.Tensor:
+    r"""Weight normalization (Salimans & Kingma 2016): :math:`w = g \, v / \lVert v \rVert`.
+
+    The norm is over every axis of ``v`` but ``dim`` (one ``g`` per slice along ``dim``,
+    e.g. per output unit for ``dim=0``), or over all of ``v`` for ``dim`` None or -1.
+    Same semantics as ``torch._weight_norm(v, g, dim)``, which
+    :func:`torch.nn.utils.parametrizations.weight_norm` runs.
+    """
+    dim = -1 if dim is None else dim
+    if kernels.choose("weight_norm", v) == "native":
+        return torch._weight_norm(v, g, dim)
+    return v * (g / norm_except_dim(v, dim))

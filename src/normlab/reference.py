@@ -15,7 +15,13 @@ and its backward, derived by hand (g = dy * gamma):
     dbeta  = dy summed over the axes beta is broadcast along
 
 (without centering the ``mean_A(g)`` term drops out). Batch norm reduces over every axis
-but the channel axis; the other normalizations only choose other axes.
+but the channel axis; the other normalizations only choose other axes: layer norm and
+RMS norm the trailing axes, instance norm the spatial axes, group norm the axes of a
+view of x that puts each group of channels on an axis of its own.
+
+Two relatives are not of that form and have their own functions at the end: mean-only
+batch norm (``y = x - mean + beta``, no division) and weight normalization
+(``w = g * v / ||v||``, a reparameterization of a weight rather than of activations).
 """
 
 from __future__ import annotations
@@ -32,6 +38,16 @@ __all__ = [
     "batch_norm_eval",
     "batch_norm_backward",
     "update_running_stats",
+    "layer_norm",
+    "rms_norm",
+    "group_norm",
+    "group_norm_backward",
+    "instance_norm",
+    "mean_only_batch_norm_train",
+    "mean_only_batch_norm_backward",
+    "mean_only_batch_norm_eval",
+    "weight_norm",
+    "weight_norm_backward",
 ]
 
 
@@ -158,3 +174,141 @@ def update_running_stats(
     mean = (1 - factor) * np.asarray(running_mean, np.float64) + factor * np.ravel(batch_mean)
     var = (1 - factor) * np.asarray(running_var, np.float64) + factor * unbiased
     return mean, var, num_batches_tracked
+
+
+# --- layer, RMS, group and instance norm: the same computation over other axes ----------
+
+
+def _trailing(ndim: int, normalized_shape) -> tuple[int, ...]:
+    k = len(np.atleast_1d(normalized_shape))
+    return tuple(range(ndim - k, ndim))
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
+    """Layer norm (Ba et al. 2016): each sample over its trailing ``normalized_shape`` axes.
+
+    ``weight`` and ``bias`` have shape ``normalized_shape``. Returns ``(y, cache)``;
+    :func:`normalize_backward` is its backward.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    return normalize(x, _trailing(x.ndim, normalized_shape), weight, bias, eps)
+
+
+def rms_norm(x, normalized_shape, weight=None, eps: float = 1e-5):
+    """RMS norm (Zhang & Sennrich 2019): ``x / sqrt(mean(x^2) + eps) * weight`` over the trailing axes.
+
+    Returns ``(y, cache)``; :func:`normalize_backward` is its backward.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    return normalize(x, _trailing(x.ndim, normalized_shape), weight, None, eps, center=False)
+
+
+def _group_view(shape, num_groups: int) -> tuple[int, ...]:
+    n, c, *spatial = shape
+    return (n, num_groups, c // num_groups, *spatial)
+
+
+def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5):
+    """Group norm (Wu & He 2018): each sample's channels in ``num_groups`` groups, each group
+    over its channels and the spatial axes.
+
+    Computed as :func:`normalize` of the view ``(N, G, C/G, *spatial)`` over axes 2 and
+    up, with the per-channel ``weight`` and ``bias`` viewed as ``(1, G, C/G, 1, ...)``.
+    Returns ``(y, cache)``, the cache being that of the view; see :func:`group_norm_backward`.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    view = _group_view(x.shape, num_groups)
+    param_view = (1, *view[1:3], *[1] * (x.ndim - 2))
+    w, b = (None if p is None else np.reshape(np.asarray(p, np.float64), param_view) for p in (weight, bias))
+    y, cache = normalize(x.reshape(view), tuple(range(2, len(view))), w, b, eps)
+    return y.reshape(x.shape), cache
+
+
+def group_norm_backward(dy, cache: Cache):
+    """``(dx, dweight, dbias)`` of :func:`group_norm`, parameters as flat per-channel vectors."""
+    dy = np.asarray(dy, dtype=np.float64)
+    dx, dweight, dbias = normalize_backward(dy.reshape(cache.x_hat.shape), cache)
+    flat = (lambda a: None if a is None else a.reshape(-1))
+    return dx.reshape(dy.shape), flat(dweight), flat(dbias)
+
+
+def instance_norm(x, weight=None, bias=None, eps: float = 1e-5):
+    """Instance norm (Ulyanov et al. 2016): each sample's each channel over its spatial axes.
+
+    ``weight`` and ``bias`` are per channel. Returns ``(y, cache)``; its backward is
+    :func:`batch_norm_backward` (same parameter layout). Running statistics, as torch
+    keeps them, are the average over the batch's instances of their means and unbiased
+    variances: ``update_running_stats(rm, rv, cache.mean.mean(0), cache.var.mean(0),
+    cache.count, momentum, n)`` (the unbiasing factor is the same for every instance).
+    At inference with running statistics it is :func:`batch_norm_eval`.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    w, b = (_per_channel(p, x.ndim, 1) for p in (weight, bias))
+    return normalize(x, tuple(range(2, x.ndim)), w, b, eps)
+
+
+# --- mean-only batch norm (Salimans & Kingma 2016, section 4) ---------------------------
+
+
+def mean_only_batch_norm_train(x, bias=None, channel_axis: int = 1):
+    """``y = x - mean_B(x) + beta`` per channel, over every other axis; returns ``(y, mean)``.
+
+    ``mean`` (keepdims) is the batch mean that updates the running mean, as in batch norm.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    channel_axis %= x.ndim
+    axes = tuple(a for a in range(x.ndim) if a != channel_axis)
+    mean = x.mean(axis=axes, keepdims=True)
+    y = x - mean
+    b = _per_channel(bias, x.ndim, channel_axis)
+    return (y if b is None else y + b), mean
+
+
+def mean_only_batch_norm_backward(dy, channel_axis: int = 1):
+    """``(dx, dbias)`` of :func:`mean_only_batch_norm_train`: ``dx = dy - mean_B(dy)``, ``dbias = sum_B(dy)``."""
+    dy = np.asarray(dy, dtype=np.float64)
+    channel_axis %= dy.ndim
+    axes = tuple(a for a in range(dy.ndim) if a != channel_axis)
+    return dy - dy.mean(axis=axes, keepdims=True), dy.sum(axis=axes)
+
+
+def mean_only_batch_norm_eval(x, running_mean, bias=None, channel_axis: int = 1):
+    """Inference: ``y = x - running_mean + beta`` per channel."""
+    x = np.asarray(x, dtype=np.float64)
+    channel_axis %= x.ndim
+    y = x - _per_channel(running_mean, x.ndim, channel_axis)
+    b = _per_channel(bias, x.ndim, channel_axis)
+    return y if b is None else y + b
+
+
+# --- weight normalization (Salimans & Kingma 2016) ---------------------------------------
+
+
+def _norm_axes(ndim: int, dim) -> tuple[int, ...]:
+    """Axes ||v|| is taken over: all but ``dim``; all of them for dim None or -1 (torch's convention)."""
+    if dim is None or dim == -1:
+        return tuple(range(ndim))
+    dim %= ndim
+    return tuple(a for a in range(ndim) if a != dim)
+
+
+def weight_norm(v, g, dim=0):
+    """``w = g * v / ||v||``, the norm over every axis of v but ``dim`` (over all of them
+    when ``dim`` is None or -1, as in torch). ``g`` broadcasts against v: shape 1 on every
+    axis but ``dim``, or a scalar.
+    """
+    v = np.asarray(v, dtype=np.float64)
+    norm = np.sqrt((v**2).sum(axis=_norm_axes(v.ndim, dim), keepdims=True))
+    return np.asarray(g, dtype=np.float64) * v / norm
+
+
+def weight_norm_backward(dw, v, g, dim=0):
+    """``(dv, dg)`` of :func:`weight_norm`. With ``u = v / ||v||``:
+    ``dg = sum(dw * u)`` and ``dv = g / ||v|| * (dw - u * sum(dw * u))``, sums over the norm's axes.
+    """
+    dw, v, g = (np.asarray(a, dtype=np.float64) for a in (dw, v, g))
+    axes = _norm_axes(v.ndim, dim)
+    norm = np.sqrt((v**2).sum(axis=axes, keepdims=True))
+    u = v / norm
+    dw_u = (dw * u).sum(axis=axes, keepdims=True)
+    return g / norm * (dw - u * dw_u), dw_u.reshape(g.shape)

@@ -24,8 +24,9 @@ __all__ = ["BACKENDS", "NATIVE_OPS", "choose", "get_backend", "set_backend", "us
 
 BACKENDS = ("native", "normlab")
 
-# Operations torch.nn.functional implements with the same semantics as normlab's.
-NATIVE_OPS = frozenset({"batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"})
+# Operations torch implements with the same semantics as normlab's (in torch.nn.functional;
+# weight_norm is torch._weight_norm, what torch.nn.utils.parametrizations.weight_norm runs).
+NATIVE_OPS = frozenset({"batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "weight_norm"})
 
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("normlab_backend", default=None)
 

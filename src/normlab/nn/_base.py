@@ -7,6 +7,10 @@ and the input checks. Names, shapes, defaults and the ``state_dict`` version are
 torch.nn's, so checkpoints move between torch and normlab in both directions.
 Subclasses state only what differs: the input layouts they accept (``_layouts``) and
 their forward.
+
+The two checks every normlab layer makes, with or without this base, are functions
+here: :func:`check_tensor` (a floating-point tensor) and :func:`check_checkpoint_shapes`
+(a ``state_dict`` of the layer's own shapes), each naming the layer in its error.
 """
 
 from __future__ import annotations
@@ -14,7 +18,32 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["NormBase"]
+__all__ = ["NormBase", "check_checkpoint_shapes", "check_tensor"]
+
+
+def check_tensor(name: str, input) -> None:
+    """Raise a clear error, naming the layer ``name``, unless ``input`` is a floating-point tensor."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(input).__name__}")
+    if not input.is_floating_point():
+        raise TypeError(
+            f"{name}: expected a floating-point input (float16, bfloat16, float32 or "
+            f"float64), got {input.dtype}; convert it first, e.g. x.float()"
+        )
+
+
+def check_checkpoint_shapes(name: str, module: nn.Module, state_dict, prefix: str) -> None:
+    """Raise a clear error if ``state_dict`` holds a parameter or buffer of ``module`` in another shape.
+
+    Scalars are left to torch, which also accepts them saved as one-element vectors.
+    """
+    for key, mine in (*module._parameters.items(), *module._buffers.items()):
+        theirs = state_dict.get(prefix + key)
+        if mine is not None and mine.dim() and isinstance(theirs, torch.Tensor) and theirs.shape != mine.shape:
+            raise ValueError(
+                f"{name}: the checkpoint's '{prefix + key}' has shape {tuple(theirs.shape)}, "
+                f"expected {tuple(mine.shape)}; it was saved from a layer of another size"
+            )
 
 
 class NormBase(nn.Module):
@@ -82,10 +111,10 @@ class NormBase(nn.Module):
     def reset_parameters(self) -> None:
         """Running statistics reset, weight 1, bias 0."""
         self.reset_running_stats()
-        if self.affine:
+        if self.weight is not None:
             nn.init.ones_(self.weight)
-            if self.bias is not None:
-                nn.init.zeros_(self.bias)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
 
     def _momentum_for_this_batch(self) -> float:
         """Count the batch (in training, when tracking) and return its weight in the running average.
@@ -106,14 +135,7 @@ class NormBase(nn.Module):
         if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
             # checkpoints from before num_batches_tracked existed
             state_dict[key] = torch.tensor(0, dtype=torch.long)
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            mine, theirs = getattr(self, name), state_dict.get(prefix + name)
-            if mine is not None and theirs is not None and theirs.shape != mine.shape:
-                raise ValueError(
-                    f"{self._name}: the checkpoint's '{prefix + name}' has shape "
-                    f"{tuple(theirs.shape)}, expected {tuple(mine.shape)}; it was saved from a "
-                    f"layer with {theirs.numel()} features, this one has {self.num_features}"
-                )
+        check_checkpoint_shapes(self._name, self, state_dict, prefix)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -126,23 +148,21 @@ class NormBase(nn.Module):
 
     def _check_input(self, input) -> None:
         """Raise a clear error for anything but a floating input of an accepted layout."""
-        if not isinstance(input, torch.Tensor):
-            raise TypeError(f"{self._name}: expected a torch.Tensor, got {type(input).__name__}")
-        if not input.is_floating_point():
-            raise TypeError(
-                f"{self._name}: expected a floating-point input (float16, bfloat16, float32 or "
-                f"float64), got {input.dtype}; convert it first, e.g. x.float()"
-            )
+        check_tensor(self._name, input)
         if input.dim() not in self._layouts:
             expected = " or ".join(f"{r}-D {layout}" for r, layout in self._layouts.items())
             raise ValueError(
                 f"{self._name}: expected a {expected} input, got a {input.dim()}-D input of "
                 f"shape {tuple(input.shape)}"
             )
-        if input.shape[1] != self.num_features:
+        self._check_channels(input, 1)
+
+    def _check_channels(self, input, dim: int) -> None:
+        """Raise unless dim ``dim`` of ``input`` holds ``num_features`` channels."""
+        if input.shape[dim] != self.num_features:
             raise ValueError(
-                f"{self._name}: expected {self.num_features} channels in dim 1 of the input, got "
-                f"{input.shape[1]} (input shape {tuple(input.shape)})"
+                f"{self._name}: expected {self.num_features} channels in dim {dim} of the input, got "
+                f"{input.shape[dim]} (input shape {tuple(input.shape)})"
             )
 
     def extra_repr(self) -> str:

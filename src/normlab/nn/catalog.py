@@ -25,14 +25,15 @@ class Entry:
     source: str  # the paper or library it follows
     # For the checks that run the layer ``normlab.nn.<layer>(*args)`` on an input of shape
     # ``example``: the axes of the output, viewed as ``view`` if given, over which it has
-    # mean 0 (when ``center``) and mean square 1 in training mode (None: nothing to
-    # check), and whether its inference output for one sample depends on the others.
+    # mean 0 (when ``center``) and mean square 1 (when ``scale``) in training mode (None:
+    # nothing to check), and whether its inference output for one sample depends on the others.
     args: tuple = ()
     example: tuple[int, ...] | None = None
     axes: tuple[int, ...] | None = None
     view: tuple[int, ...] | None = None
     center: bool = True
     inference_uses_batch: bool = False
+    scale: bool = True
 
 
 BN = "`y = gamma * (x - mean) / sqrt(var + eps) + beta`"
@@ -70,6 +71,78 @@ ENTRIES = [
         args=(3,),
         example=(4, 3, 2, 3, 3),
         axes=(0, 2, 3, 4),
+    ),
+    Entry(
+        "LayerNorm",
+        BN + ", statistics of each sample",
+        "each sample over its trailing `normalized_shape` axes (e.g. the features of each token)",
+        "the same as in training: nothing is kept",
+        "transformers and RNNs; any batch size, including 1",
+        "Ba, Kiros & Hinton 2016",
+        args=((4, 5),),
+        example=(2, 3, 4, 5),
+        axes=(2, 3),
+    ),
+    Entry(
+        "GroupNorm",
+        BN + ", statistics of each group of C/G channels of each sample",
+        "each sample, per group of C/G consecutive channels, over those channels and the spatial axes",
+        "the same as in training: nothing is kept",
+        "convolutional networks trained with small batches (detection, segmentation)",
+        "Wu & He 2018",
+        args=(2, 6),
+        example=(4, 6, 3, 3),
+        axes=(2, 3, 4),
+        view=(4, 2, 3, 3, 3),
+    ),
+    *(
+        Entry(
+            f"InstanceNorm{d}d",
+            BN + ", statistics of each channel of each sample",
+            "each sample, per channel C, over " + ", ".join(spatial),
+            "the same as in training by default; with `track_running_stats=True`, running "
+            "mean and variance (an affine map per channel)",
+            "style transfer and image generation: removes each image's own contrast",
+            "Ulyanov, Vedaldi & Lempitsky 2016",
+            args=(3,),
+            example=(4, 3, *shape),
+            axes=tuple(range(2, 2 + d)),
+        )
+        for d, spatial, shape in ((1, ["L"], (6,)), (2, ["H", "W"], (4, 4)), (3, ["D", "H", "W"], (2, 3, 3)))
+    ),
+    Entry(
+        "RMSNorm",
+        "`y = gamma * x / sqrt(mean(x^2) + eps)`, no centering, no bias",
+        "each sample over its trailing `normalized_shape` axes (root mean square only)",
+        "the same as in training: nothing is kept",
+        "large language models: layer norm's effect at lower cost",
+        "Zhang & Sennrich 2019",
+        args=((4, 5),),
+        example=(2, 3, 4, 5),
+        axes=(2, 3),
+        center=False,
+    ),
+    Entry(
+        "WeightNorm",
+        "`w = g * v / ||v||`: a reparameterization of a layer's weight, not of its activations",
+        "none from the data: the norm of v per output unit, over the weight's other axes",
+        "the reparameterized weight, the same as in training (no statistics)",
+        "when batch statistics are unwanted (RL, generative models, noise-sensitive tasks); "
+        "apply with `normlab.nn.weight_norm(layer)`, initialize with `data_dependent_init`",
+        "Salimans & Kingma 2016",
+        # a parametrization of weights, so there are no activation statistics to check
+    ),
+    Entry(
+        "MeanOnlyBatchNorm",
+        "`y = x - mean + beta`: batch norm without the division, the scale left to weight norm's g",
+        "per channel C, over N and the spatial axes (mean only)",
+        "running mean (a shift per channel)",
+        "after a weight-normalized layer, as the paper pairs them",
+        "Salimans & Kingma 2016, section 4",
+        args=(3,),
+        example=(8, 3, 4, 4),
+        axes=(0, 2, 3),
+        scale=False,
     ),
 ]
 

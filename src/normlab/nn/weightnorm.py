@@ -1,0 +1,236 @@
+"""Weight normalization and its companions (Salimans & Kingma 2016, "Weight Normalization: A
+Simple Reparameterization to Accelerate Training of Deep Neural Networks").
+
+    WeightNorm            the parametrization ``w = g * v / ||v||``: a layer's weight becomes
+                          a function of a direction ``v`` and a length ``g`` (per output unit)
+    weight_norm           applies it to a layer, as torch.nn.utils.parametrizations.weight_norm
+                          does, with the same parameter names and state_dict keys
+    data_dependent_init   the paper's initialization (section 3): one forward pass sets each
+                          weight-normalized layer's g and bias so that its pre-activations
+                          have zero mean and unit variance on a batch
+    MeanOnlyBatchNorm     the paper's companion (section 4): batch norm that only subtracts
+                          the batch mean, the scale being left to weight norm's g
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .. import functional
+from ._base import NormBase
+
+__all__ = ["WeightNorm", "weight_norm", "data_dependent_init", "MeanOnlyBatchNorm"]
+
+
+class WeightNorm(nn.Module):
+    r"""The weight-norm parametrization :math:`w = g \, v / \lVert v \rVert`.
+
+    The norm is over every axis of ``v`` but ``dim``: with the default ``dim=0`` a
+    Linear or Conv weight gets one length ``g`` per output unit. ``dim=None`` (stored as
+    -1, as torch does) takes the norm over the whole tensor, with a scalar ``g``; -1
+    does not mean the last axis, which is torch's convention too.
+
+    Used through :func:`weight_norm`. ``forward(g, v)`` gives the weight;
+    ``right_inverse(w)`` gives ``(g, v) = (||w||, w)``, so that applying weight norm
+    leaves the layer's function unchanged.
+    """
+
+    def __init__(self, dim: int | None = 0) -> None:
+        super().__init__()
+        self.dim = -1 if dim is None else dim
+
+    def forward(self, weight_g: torch.Tensor, weight_v: torch.Tensor) -> torch.Tensor:
+        return functional.weight_norm(weight_v, weight_g, self.dim)
+
+    def right_inverse(self, weight: torch.Tensor):
+        return functional.norm_except_dim(weight, self.dim), weight
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+def weight_norm(module: nn.Module, name: str = "weight", dim: int | None = 0) -> nn.Module:
+    """Reparameterize ``module.<name>`` as ``g * v / ||v||``; drop-in for
+    :func:`torch.nn.utils.parametrizations.weight_norm`.
+
+    ``g`` and ``v`` are ``module.parametrizations.<name>.original0`` and ``.original1``,
+    the same ``state_dict`` keys as torch's, so checkpoints move between the two. Older
+    checkpoints with ``<name>_g`` and ``<name>_v`` (from ``torch.nn.utils.weight_norm``)
+    load too. Returns the module. Undo with
+    ``torch.nn.utils.parametrize.remove_parametrizations(module, name)``.
+    """
+    who = f"weight_norm({type(module).__name__}.{name})"
+    weight = module._parameters.get(name)
+    if not isinstance(weight, nn.Parameter):
+        raise ValueError(f"{who}: {type(module).__name__} has no parameter {name!r}")
+    if not weight.is_floating_point():
+        raise TypeError(f"{who}: expected a floating-point weight, got {weight.dtype}")
+    if dim is not None and dim != -1 and not -weight.dim() <= dim < weight.dim():
+        raise ValueError(f"{who}: dim={dim} is out of range for a {weight.dim()}-D weight of shape {tuple(weight.shape)}")
+    parametrize.register_parametrization(module, name, WeightNorm(dim), unsafe=True)
+
+    def load_hook(state_dict, prefix, *args) -> None:
+        g_key, v_key = f"{prefix}{name}_g", f"{prefix}{name}_v"
+        if g_key in state_dict and v_key in state_dict:
+            state_dict[f"{prefix}parametrizations.{name}.original0"] = state_dict.pop(g_key)
+            state_dict[f"{prefix}parametrizations.{name}.original1"] = state_dict.pop(v_key)
+        originals = getattr(module.parametrizations, name)
+        for i in (0, 1):
+            key, mine = f"{prefix}parametrizations.{name}.original{i}", getattr(originals, f"original{i}")
+            theirs = state_dict.get(key)
+            if isinstance(theirs, torch.Tensor) and theirs.shape != mine.shape:
+                raise ValueError(
+                    f"{who}: the checkpoint's '{key}' has shape {tuple(theirs.shape)}, expected "
+                    f"{tuple(mine.shape)}; it was saved from a layer of another size"
+                )
+
+    module._register_load_state_dict_pre_hook(load_hook)
+    return module
+
+
+def _output_axis(module: nn.Module, norm: WeightNorm) -> int:
+    """The axis of the module's output that holds its output units, each with its own g."""
+    kind = type(module).__name__
+    conv = isinstance(module, nn.modules.conv._ConvNd)
+    if not (isinstance(module, nn.Linear) or conv) or getattr(module, "transposed", False):
+        raise ValueError(f"data_dependent_init: {kind} is not supported; it initializes Linear and Conv1d/2d/3d layers")
+    if norm.dim != 0:
+        raise ValueError(
+            f"data_dependent_init: {kind} has weight norm with dim={norm.dim}; it needs dim=0, one g per output unit"
+        )
+    return 1 if conv else -1
+
+
+@torch.no_grad()
+def data_dependent_init(model: nn.Module, *args, **kwargs) -> list[str]:
+    r"""Initialize every weight-normalized layer of ``model`` from one batch (Salimans & Kingma
+    2016, section 3). Returns the names of the layers it initialized.
+
+    Runs ``model(*args, **kwargs)`` once. At each Linear or Conv layer whose weight has
+    :class:`WeightNorm` (with ``dim=0``), in the order the forward pass reaches them, it
+    computes the pre-activation with unit length and no bias, :math:`t = v \cdot x / \lVert v
+    \rVert`, takes the mean :math:`\mu[t]` and (biased) standard deviation :math:`\sigma[t]`
+    of each output unit over the batch (and the spatial axes of a conv), and sets
+
+    .. math::  g \leftarrow 1 / \sigma[t], \qquad b \leftarrow -\mu[t] / \sigma[t]
+
+    so that the layer's output on this batch has zero mean and unit variance per unit;
+    the layers after it see that output. A layer without bias only gets its scale.
+    ``v`` keeps its initialization: only its direction matters. Layers the pass does
+    not reach are left as they were; a layer reached twice is initialized at its first
+    call. The pass runs in the model's current mode, so layers with running statistics
+    count it as a batch.
+    """
+    layers = {
+        name: m
+        for name, m in model.named_modules()
+        if parametrize.is_parametrized(m, "weight") and isinstance(m.parametrizations.weight[0], WeightNorm)
+    }
+    if not layers:
+        raise ValueError(
+            "data_dependent_init: the model has no layer with weight norm; apply normlab.nn.weight_norm first"
+        )
+    axes = {name: _output_axis(m, m.parametrizations.weight[0]) for name, m in layers.items()}
+    done: list[str] = []
+    handles = []
+
+    def hooks(name, module):
+        g = module.parametrizations.weight.original0
+
+        def before(mod, inputs):
+            if name not in done:
+                g.fill_(1.0)
+                if mod.bias is not None:
+                    mod.bias.zero_()
+
+        def after(mod, inputs, t):
+            if name in done:
+                return None
+            done.append(name)
+            axis = axes[name] % t.dim()
+            dims = tuple(d for d in range(t.dim()) if d != axis)
+            mean = t.mean(dims, keepdim=True)
+            std = (t - mean).square().mean(dims, keepdim=True).sqrt()
+            flat = std.flatten()
+            bad = torch.nonzero(~torch.isfinite(flat) | (flat == 0)).flatten().tolist()
+            if bad:
+                raise ValueError(
+                    f"data_dependent_init: output unit(s) {bad[:8]} of {name or 'the model'} ({type(mod).__name__}) are "
+                    f"{'constant' if torch.isfinite(flat).all() else 'not finite'} over the batch, so they "
+                    "cannot be scaled to unit variance; use a larger or more varied batch"
+                )
+            g.copy_((1.0 / std).reshape(g.shape))
+            if mod.bias is None:
+                return t / std
+            mod.bias.copy_((-mean / std).flatten())
+            return (t - mean) / std
+
+        return module.register_forward_pre_hook(before), module.register_forward_hook(after)
+
+    try:
+        for name, module in layers.items():
+            handles += hooks(name, module)
+        model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return done
+
+
+class MeanOnlyBatchNorm(NormBase):
+    r"""Mean-only batch normalization (Salimans & Kingma 2016, section 4), the companion of
+    weight normalization.
+
+    Per channel (dim 1), over every other axis: :math:`y = x - \mu_B + \beta` in training,
+    with the batch mean :math:`\mu_B`, and :math:`y = x - \hat\mu + \beta` in evaluation,
+    with the running mean :math:`\hat\mu`, updated as batch norm's
+    (``running_mean = (1 - momentum) * running_mean + momentum * mu_B``; ``momentum=None``:
+    the cumulative average). No variance is taken and nothing is divided: the scale
+    is the preceding weight-normalized layer's ``g``. ``bias`` is the learnable
+    :math:`\beta`; the layer has no weight and no ``running_var``.
+
+    Accepts ``(N, C)``, ``(N, C, L)``, ``(N, C, H, W)`` and ``(N, C, D, H, W)`` inputs.
+    ``state_dict`` keys: ``bias``, ``running_mean``, ``num_batches_tracked``.
+    """
+
+    _layouts = {2: "(N, C)", 3: "(N, C, L)", 4: "(N, C, H, W)", 5: "(N, C, D, H, W)"}
+
+    def __init__(
+        self,
+        num_features: int,
+        momentum: float | None = 0.1,
+        bias: bool = True,
+        track_running_stats: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(num_features, 0.0, momentum, bias, track_running_stats, device, dtype)
+        self.register_parameter("weight", None)  # the scale is weight norm's g
+        self.register_buffer("running_var", None)  # no variance is taken
+
+    def reset_running_stats(self) -> None:
+        """Running mean 0, no batch seen."""
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.num_batches_tracked.zero_()
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input(input)
+        use_batch_mean = self.training or self.running_mean is None
+        if use_batch_mean and functional.values_per_channel(input) == 1:
+            raise ValueError(
+                f"{self._name}: training needs more than one value per channel (with one, the output is the "
+                f"bias whatever the input), got an input of shape {tuple(input.shape)}. Use a batch of at "
+                "least 2 samples, or call .eval() to subtract the running mean."
+            )
+        momentum = self._momentum_for_this_batch()
+        running_mean = self.running_mean if not self.training or self.track_running_stats else None
+        return functional.mean_only_batch_norm(input, running_mean, self.bias, use_batch_mean, momentum)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, momentum={self.momentum}, bias={self.bias is not None}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
