@@ -232,11 +232,11 @@ def instance_norm(
         )
     if eps < 0 or (use_input_stats and eps == 0):
         raise ValueError(f"instance_norm: eps must be positive, got {eps}")
+    if not use_input_stats and (running_mean is None or running_var is None):
+        raise ValueError("instance_norm: use_input_stats=False needs running_mean and running_var")
     if kernels.choose("instance_norm", input) == "native":
         return F.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
     if not use_input_stats:
-        if running_mean is None or running_var is None:
-            raise ValueError("instance_norm: use_input_stats=False needs running_mean and running_var")
         return batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
     ndim = input.dim()
     weight, bias = _per_channel(weight, ndim), _per_channel(bias, ndim)

@@ -92,7 +92,7 @@ def weight_norm(module: nn.Module, name: str = "weight", dim: int | None = 0) ->
 
 def _output_axis(module: nn.Module, norm: WeightNorm) -> int:
     """The axis of the module's output that holds its output units, each with its own g."""
-    kind = type(module).__name__
+    kind = parametrize.type_before_parametrizations(module).__name__
     conv = isinstance(module, nn.modules.conv._ConvNd)
     if not (isinstance(module, nn.Linear) or conv) or getattr(module, "transposed", False):
         raise ValueError(f"data_dependent_init: {kind} is not supported; it initializes Linear and Conv1d/2d/3d layers")
@@ -153,13 +153,16 @@ def data_dependent_init(model: nn.Module, *args, **kwargs) -> list[str]:
             dims = tuple(d for d in range(t.dim()) if d != axis)
             mean = t.mean(dims, keepdim=True)
             std = (t - mean).square().mean(dims, keepdim=True).sqrt()
-            flat = std.flatten()
-            bad = torch.nonzero(~torch.isfinite(flat) | (flat == 0)).flatten().tolist()
+            # constant up to rounding: a spread within a few ulps of the values' magnitude
+            constant = std <= 4 * torch.finfo(t.dtype).eps * t.abs().amax(dims, keepdim=True)
+            bad = torch.nonzero((~torch.isfinite(std) | constant).flatten()).flatten().tolist()
             if bad:
                 raise ValueError(
-                    f"data_dependent_init: output unit(s) {bad[:8]} of {name or 'the model'} ({type(mod).__name__}) are "
-                    f"{'constant' if torch.isfinite(flat).all() else 'not finite'} over the batch, so they "
-                    "cannot be scaled to unit variance; use a larger or more varied batch"
+                    f"data_dependent_init: output unit(s) {bad[:8]} of {name or 'the model'} "
+                    f"({parametrize.type_before_parametrizations(mod).__name__}) are "
+                    f"{'not finite' if not torch.isfinite(std).all() else 'constant'} over the batch, so "
+                    "they cannot be scaled to unit variance; use a larger or more varied batch. The "
+                    "model was left as it was."
                 )
             g.copy_((1.0 / std).reshape(g.shape))
             if mod.bias is None:
@@ -169,10 +172,16 @@ def data_dependent_init(model: nn.Module, *args, **kwargs) -> list[str]:
 
         return module.register_forward_pre_hook(before), module.register_forward_hook(after)
 
+    touched = [p for m in layers.values() for p in (m.parametrizations.weight.original0, m.bias) if p is not None]
+    before = [p.clone() for p in touched]
     try:
         for name, module in layers.items():
             handles += hooks(name, module)
         model(*args, **kwargs)
+    except BaseException:  # leave the model as it was
+        for p, value in zip(touched, before):
+            p.copy_(value)
+        raise
     finally:
         for h in handles:
             h.remove()
