@@ -23,6 +23,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_batchnorm.py $(ARGS)
+	$(PY) benchmarks/bench_norms.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

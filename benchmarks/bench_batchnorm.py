@@ -15,64 +15,26 @@ is the median over rounds.
 from __future__ import annotations
 
 import argparse
-import math
 import platform
-import statistics
-import time
 
 import torch
 
 import normlab
+from _timing import geomean, make_step, median_times
 
 RESNET50_BATCH32 = [(32, 64, 112, 112), (32, 256, 56, 56), (32, 512, 28, 28), (32, 1024, 14, 14), (32, 2048, 7, 7)]
 QUICK = [(8, 16, 16, 16), (8, 64, 8, 8)]
 
 
-def make_step(layer, x, dy, backend, train):
-    def run():
-        with normlab.use_backend(backend):
-            if train:
-                x.grad = None
-                layer(x).backward(dy)
-            else:
-                with torch.no_grad():
-                    layer(x)
-
-    return run
-
-
-def median_times(runs: dict, rounds: int, min_time: float) -> dict:
-    """Median seconds per call of each runner, over interleaved rounds."""
-    for run in runs.values():  # warm up
-        run()
-    # calls per round so that a round of the slowest runner lasts about min_time
-    t0 = time.perf_counter()
-    for run in runs.values():
-        run()
-    per_call = (time.perf_counter() - t0) / len(runs)
-    reps = max(1, int(min_time / max(per_call, 1e-6)))
-    samples = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                run()
-            samples[name].append((time.perf_counter() - t0) / reps)
-    return {name: statistics.median(s) for name, s in samples.items()}
-
-
-def geomean(xs):
-    return math.exp(sum(math.log(x) for x in xs) / len(xs))
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small shapes, a few seconds")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--min-time", type=float, default=0.2, help="seconds per round per runner")
+    parser.add_argument("--rounds", type=int, help="default 7, or 3 with --quick")
+    parser.add_argument("--min-time", type=float, help="seconds per round per runner; default 0.2, or less with --quick")
     args = parser.parse_args(argv)
     shapes = QUICK if args.quick else RESNET50_BATCH32
-    rounds, min_time = (3, 0.02) if args.quick else (args.rounds, args.min_time)
+    rounds, min_time = (3, 0.02) if args.quick else (7, 0.2)
+    rounds, min_time = args.rounds or rounds, args.min_time if args.min_time is not None else min_time
 
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, float32")
     header = f"{'shape':<22}{'layout':<15}{'mode':<11}{'torch ms':>10}{'default/torch':>15}{'own/torch':>11}"

@@ -1,0 +1,22 @@
+"""The benchmark scripts run: each with --quick, in a fresh process, as a user would start it.
+No timing is asserted; only that the script completes and prints its summary."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["bench_norms.py", "bench_batchnorm.py"])
+def test_benchmark_runs_quick(script):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: the test runs beside other workers
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--quick", "--rounds", "1", "--min-time", "0"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "geomean" in done.stdout and "train fwd+bwd" in done.stdout and "eval fwd" in done.stdout
