@@ -10,6 +10,7 @@ answer run before the choice, so that both backends refuse the same inputs.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -123,7 +124,7 @@ def _check_params(normalized_shape: tuple[int, ...], who: str, **params) -> None
 
 
 def _as_shape(normalized_shape) -> tuple[int, ...]:
-    return (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    return (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else tuple(normalized_shape)
 
 
 def _trailing_dims(input: torch.Tensor, normalized_shape) -> tuple[int, ...]:
@@ -176,8 +177,8 @@ def check_groups(input: torch.Tensor, num_groups: int, who: str) -> None:
         raise ValueError(f"{who}: the {channels} channels of the input do not divide into {num_groups} groups")
     if channels // num_groups * math.prod(input.shape[2:]) == 1:
         raise ValueError(
-            f"{who}: each group holds a single value ({channels // num_groups} channel(s) of "
-            f"{num_groups} groups, spatial size {tuple(input.shape[2:])}), which normalizes to 0 "
+            f"{who}: each group holds a single value ({channels // num_groups} channel per group, "
+            f"spatial size {tuple(input.shape[2:])}), which normalizes to 0 "
             f"whatever it is; got an input of shape {tuple(input.shape)}. Use fewer groups."
         )
 

@@ -153,7 +153,7 @@ class GroupNorm(nn.Module):
     ) -> None:
         super().__init__()
         self.num_groups, self.num_channels = num_groups, num_channels
-        if not all(isinstance(n, int) and n > 0 for n in (num_groups, num_channels)):
+        if not all(isinstance(n, numbers.Integral) and n > 0 for n in (num_groups, num_channels)):
             raise ValueError(f"{self._name}: num_groups and num_channels must be positive ints")
         if num_channels % num_groups:
             raise ValueError(f"{self._name}: num_channels ({num_channels}) must be divisible by num_groups ({num_groups})")

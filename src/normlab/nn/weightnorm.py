@@ -25,7 +25,7 @@ __all__ = ["WeightNorm", "weight_norm", "data_dependent_init", "MeanOnlyBatchNor
 
 
 class WeightNorm(nn.Module):
-    r"""The weight-norm parametrization :math:`w = g \, v / \lVert v \rVert`.
+    r"""The weight-norm parametrization :math:`w = g \, v / \lVert v \rVert` (Salimans & Kingma 2016).
 
     The norm is over every axis of ``v`` but ``dim``: with the default ``dim=0`` a
     Linear or Conv weight gets one length ``g`` per output unit. ``dim=None`` (stored as
