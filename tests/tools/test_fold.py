@@ -125,6 +125,7 @@ def test_shared_parameters_and_registrations_are_not_folded():
             super().__init__()
             self.m = model
             self.alias = conv  # the same conv registered twice
+            self.alias_bn = model["bn2"]  # and the same batch norm
 
         def forward(self, x, img):
             return self.m["bn"](self.m["a"](x)) + self.m["b"](x), self.m["bn2"](self.m["conv"](img))
@@ -134,6 +135,8 @@ def test_shared_parameters_and_registrations_are_not_folded():
     assert result.folded == []
     reasons = dict(result.affine)
     assert "shares its parameters" in reasons["m.bn"] and "registered at several places" in reasons["m.bn2"]
+    assert batchnorms(result.model) == []  # replaced under both its names
+    assert result.model.alias_bn is result.model.m["bn2"]
     x, img = torch.randn(2, 4), torch.randn(2, 3, 4, 4)
     with torch.no_grad():
         for got, want in zip(result.model(x, img), tied(x, img)):
@@ -205,6 +208,7 @@ def test_refuses_training_mode_and_missing_statistics():
         normlab.fold_batchnorm(model)
 
 
+@pytest.mark.slow
 def test_benchmark_runs_quick():
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_fold.py"), "--quick"], capture_output=True, text=True

@@ -225,7 +225,9 @@ def fold_batchnorm(model: nn.Module) -> FoldResult:
     why: dict[str, str] = {}
     _find_pairs(model, "", pairs, why, result.untraced)
 
-    registered = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    places: dict[int, list[str]] = {}  # id(module) -> every name it is registered under
+    for place, m in model.named_modules(remove_duplicate=False):
+        places.setdefault(id(m), []).append(place)
     params = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     for name, bn in list(model.named_modules()):
         if not is_batchnorm(bn):
@@ -237,14 +239,14 @@ def fold_batchnorm(model: nn.Module) -> FoldResult:
                 "its inference map is not finite"
             )
         if not _acts_as_affine(bn, scale, shift):
-            result.kept.append((name, "its eval output is not a per-channel affine map of its input (does its "
+            result.kept.append((name or "(model)", "its eval output is not a per-channel affine map of its input (does its "
                                       "forward add something, such as an activation?)"))
             continue
         layer_name = pairs.get(name)
         reason = why.get(name)
         if layer_name is not None:
             layer = model.get_submodule(layer_name)
-            if registered[id(layer)] > 1 or registered[id(bn)] > 1:
+            if len(places[id(layer)]) > 1 or len(places[id(bn)]) > 1:
                 reason = f"{layer_name} or {name} is registered at several places in the model"
             elif any(params[id(p)] > 1 for p in layer.parameters()):
                 reason = f"{layer_name} shares its parameters with another layer"
@@ -252,7 +254,7 @@ def fold_batchnorm(model: nn.Module) -> FoldResult:
                 reason = f"{layer_name} has {_channels_out(layer)} output channels, {name} normalizes {scale.numel()}"
             else:
                 _fold_into(layer, scale, shift)
-                _replace(result, name, nn.Identity())
+                _replace(result, places[id(bn)], nn.Identity())
                 result.folded.append((layer_name, name))
                 continue
         if reason is None:
@@ -263,15 +265,16 @@ def fold_batchnorm(model: nn.Module) -> FoldResult:
                 else "not called as a module of its own in the traced forward"
             )
         dtype = bn.running_mean.dtype
-        _replace(result, name, ChannelAffine(scale.to(dtype), shift.to(dtype)))
+        _replace(result, places[id(bn)], ChannelAffine(scale.to(dtype), shift.to(dtype)))
         result.affine.append((name or "(model)", reason))
     return result
 
 
-def _replace(result: FoldResult, name: str, new: nn.Module) -> None:
-    """Put ``new`` where the module called ``name`` is (the model itself when ``name`` is '')."""
-    if not name:
-        result.model = new
-        return
-    parent, _, attr = name.rpartition(".")
-    setattr(result.model.get_submodule(parent), attr, new)
+def _replace(result: FoldResult, names: list[str], new: nn.Module) -> None:
+    """Put ``new`` at each of ``names`` in the model (the model itself for the name '')."""
+    for name in names:
+        if not name:
+            result.model = new
+            continue
+        parent, _, attr = name.rpartition(".")
+        setattr(result.model.get_submodule(parent), attr, new)
