@@ -40,6 +40,14 @@ def test_resnet_style_model():
     assert "also used by add" in reasons["reuse.bn"]
     assert "follows relu" in reasons["post"]
     assert "stem.0 <- stem.1" in str(result) and "reuse.bn: the output of reuse.conv" in str(result)
+    # each folded BN of C channels drops 4C numbers (gamma, beta, running mean and variance); a conv
+    # without bias gains C, and each ChannelAffine keeps 2C
+    width = {bn: model.get_submodule(bn).num_features for bn in NOT_FOLDABLE | {bn for _, bn in FOLDABLE}}
+    gained = sum(width[bn] for layer, bn in FOLDABLE if model.get_submodule(layer).bias is None)
+    dropped = sum(4 * width[bn] for _, bn in FOLDABLE) + sum(2 * width[bn] for bn in NOT_FOLDABLE)
+    total = normlab.summary(model, (3, 8, 8)).total
+    assert result.parameters == (total, total - dropped + gained)
+    assert f"{total:,} -> {total - dropped + gained:,}" in str(result)
     # the user's model is untouched
     assert len(batchnorms(model)) == len(FOLDABLE) + len(NOT_FOLDABLE)
     for k, v in model.state_dict().items():

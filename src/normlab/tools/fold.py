@@ -25,6 +25,7 @@ import torch.fx as fx
 from torch import nn
 
 from ._common import has_running_stats, inference_affine, is_batchnorm, label
+from .summary import count_parameters
 
 __all__ = ["ChannelAffine", "FoldResult", "fold_batchnorm"]
 
@@ -62,6 +63,7 @@ class FoldResult:
     affine: list[tuple[str, str]] = field(default_factory=list)  # (batch norm made a ChannelAffine, why)
     kept: list[tuple[str, str]] = field(default_factory=list)  # (batch norm left as it was, why)
     untraced: list[tuple[str, str]] = field(default_factory=list)  # (module torch.fx could not trace, error)
+    parameters: tuple[int, int] = (0, 0)  # total before and after, as normlab.summary counts them
 
     def __str__(self) -> str:
         lines = [f"Folded {len(self.folded)} batch norm(s) into the layer before them"]
@@ -75,6 +77,8 @@ class FoldResult:
             if items:
                 lines.append(title.format(len(items)))
                 lines += [f"  {name}: {why}" for name, why in items]
+        before, after = self.parameters
+        lines.append(f"Parameters (trainable and non-trainable, as normlab.summary counts them): {before:,} -> {after:,}")
         return "\n".join(lines)
 
 
@@ -219,6 +223,7 @@ def fold_batchnorm(model: nn.Module) -> FoldResult:
             "compute running statistics first (normlab.precise_batchnorm on a model built with track_running_stats=True)"
         )
 
+    before = sum(count_parameters(model)[:2])
     model = copy.deepcopy(model)
     result = FoldResult(model)
     pairs: dict[str, str] = {}
@@ -267,6 +272,7 @@ def fold_batchnorm(model: nn.Module) -> FoldResult:
         dtype = bn.running_mean.dtype
         _replace(result, places[id(bn)], ChannelAffine(scale.to(dtype), shift.to(dtype)))
         result.affine.append((name or "(model)", reason))
+    result.parameters = (before, sum(count_parameters(result.model)[:2]))
     return result
 
 
