@@ -108,7 +108,9 @@ def _fold(args) -> int:
             torch.save(result.model, tmp)
     except OSError as e:
         raise CommandError(f"cannot write {args.output} (left as it was): {e}") from e
-    print(f"wrote {args.output} (the whole module: torch.load(path, weights_only=False) with {args.model.partition(':')[0]} importable)")
+    module = pathlib.Path(args.model.partition(":")[0])
+    name = module.stem if module.suffix == ".py" else str(module)
+    print(f"wrote {args.output}: the whole module; load it with torch.load(path, weights_only=False) where {name!r} is importable")
     return 0
 
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._common import has_running_stats, is_batchnorm, label, preserved, run_batch
+from ._common import has_running_stats, is_batchnorm, preserved, run_batch
 
 __all__ = ["Finding", "doctor"]
 
@@ -144,9 +144,9 @@ def _watch_forward(model, layers, example_batch, forward, evaluating) -> list[Fi
     def watch(bn, args):
         name = names[bn]
         calls[name] += 1
-        if calls[name] > 1 or not args or not isinstance(args[0], torch.Tensor) or args[0].dim() < 2:
-            return
-        x = args[0]
+        x = args[0] if args else None
+        if calls[name] > 1 or not isinstance(x, torch.Tensor) or x.dim() < 2 or x.numel() == 0:
+            return  # the statistics of the first call with a real batch are what is checked
         ref, src_name, src = producers.get(id(x), (None, None, None))
         if ref is not None and ref() is x:
             findings.extend(_source_findings(name, src_name, src, x))
