@@ -5,6 +5,10 @@ import sys
 import textwrap
 
 import torch
+from conftest import assert_rel
+
+import normlab
+from normlab.cli import main
 
 MODEL = textwrap.dedent(
     """
@@ -46,3 +50,121 @@ def test_clear_errors(tmp_path):
     assert out.returncode == 2 and "has no callable 'nothing'" in out.stderr
     out = run("summary", "zoo:mlp", "--checkpoint", "missing.pt", "--input-size", "20", cwd=tmp_path)
     assert out.returncode == 2 and "no such checkpoint: missing.pt" in out.stderr
+
+
+FOLD_MODEL = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    import normlab
+
+    class Net(nn.Module):  # a class of its own, so the saved module needs this file importable
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, bias=False)
+            self.bn = normlab.BatchNorm2d(8)
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 4 * 4, 4), nn.BatchNorm1d(4))
+
+        def forward(self, x):
+            y = torch.relu(self.bn(self.conv(x)))
+            return self.head(y)
+
+    def net():
+        return Net()
+
+    def leaky():
+        return nn.Sequential(nn.Linear(6, 6), nn.Dropout(0.5), nn.BatchNorm1d(6, momentum=0.99))
+
+    def no_stats():
+        return nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, track_running_stats=False))
+    """
+)
+
+
+def trained_checkpoint(tmp_path, name):
+    """The model file on disk and a checkpoint holding real running statistics, as after training."""
+    (tmp_path / "fold_zoo.py").write_text(FOLD_MODEL)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import fold_zoo
+
+        model = getattr(fold_zoo, name)()
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("fold_zoo", None)
+    gen = torch.Generator().manual_seed(0)
+    normlab.precise_batchnorm(model, [torch.randn(16, 3, 6, 6, generator=gen) * 3 + 2 for _ in range(3)])
+    torch.save(model.state_dict(), tmp_path / "ckpt.pt")
+    return model.eval()
+
+
+def test_fold_writes_a_folded_model(tmp_path):
+    model = trained_checkpoint(tmp_path, "net")
+    (tmp_path / "folded.pt").write_bytes(b"an older file, replaced whole")
+    out = run("fold", "fold_zoo.py:net", "--checkpoint", "ckpt.pt", "--output", "folded.pt", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "conv <- bn" in out.stdout and "head.1 <- head.2" in out.stdout and "wrote folded.pt" in out.stdout
+    sys.path.insert(0, str(tmp_path))
+    try:
+        folded = torch.load(tmp_path / "folded.pt", weights_only=False)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("fold_zoo", None)
+    assert not any("BatchNorm" in type(m).__name__ for m in folded.modules())
+    x = torch.randn(5, 3, 6, 6)
+    with torch.no_grad():
+        assert_rel(folded(x), model(x), 1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == ["ckpt.pt", "fold_zoo.py", "folded.pt"]
+
+
+def test_fold_never_leaves_a_half_written_file(tmp_path, monkeypatch, capsys):
+    trained_checkpoint(tmp_path, "net")
+    (tmp_path / "folded.pt").write_bytes(b"the previous folded model")
+
+    def failing_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(b"half a model")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    args = ["fold", "fold_zoo.py:net", "--checkpoint", "ckpt.pt", "--output", "folded.pt"]
+    assert in_process(args, tmp_path, monkeypatch) == 2
+    assert "cannot write folded.pt (left as it was): No space left on device" in capsys.readouterr().err
+    assert (tmp_path / "folded.pt").read_bytes() == b"the previous folded model"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == ["ckpt.pt", "fold_zoo.py", "folded.pt"]
+
+
+def in_process(args, tmp_path, monkeypatch):
+    """``normlab ARGS`` run in this process (quicker than a new interpreter): status."""
+    monkeypatch.chdir(tmp_path)
+    try:
+        return main(args)
+    finally:
+        sys.modules.pop("fold_zoo", None)
+
+
+def test_fold_clear_errors(tmp_path, monkeypatch, capsys):
+    (tmp_path / "fold_zoo.py").write_text(FOLD_MODEL)
+    assert in_process(["fold", "fold_zoo.py:no_stats", "--output", "folded.pt"], tmp_path, monkeypatch) == 2
+    assert "normlab fold: fold_batchnorm: 1 (BatchNorm2d(4)) keep no running statistics" in capsys.readouterr().err
+    assert not (tmp_path / "folded.pt").exists()
+
+
+def test_doctor(tmp_path, monkeypatch, capsys):
+    trained_checkpoint(tmp_path, "net")
+    out = run("doctor", "fold_zoo.py:net", "--checkpoint", "ckpt.pt", "--input-size", "3", "6", "6", cwd=tmp_path)
+    # the checkpoint's statistics are those of 3 * N(0, 1) + 2 inputs, the doctor's batch is N(0, 1)
+    assert out.returncode == 1, out.stderr
+    assert "[stats-mismatch] bn:" in out.stdout and "[bias-before-bn] head.1:" in out.stdout
+    batch = torch.randn(32, 3, 6, 6, generator=torch.Generator().manual_seed(1)) * 3 + 2
+    torch.save(batch, tmp_path / "batch.pt")
+    args = ["doctor", "fold_zoo.py:net", "--checkpoint", "ckpt.pt", "--example", "batch.pt"]
+    assert in_process(args, tmp_path, monkeypatch) == 1
+    out = capsys.readouterr().out
+    assert "stats-mismatch" not in out and "bias-before-bn" in out
+    args = ["doctor", "fold_zoo.py:leaky", "--input-size", "6", "--batch-size", "4"]
+    assert in_process(args, tmp_path, monkeypatch) == 1
+    out = capsys.readouterr().out
+    for code in ("keras-momentum", "bn-after-dropout", "small-batch"):
+        assert f"[{code}] " in out, out
+    assert "3 finding(s) on a batch of 4 standard-normal samples of shape (6,)" in out

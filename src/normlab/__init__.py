@@ -37,6 +37,11 @@ _EXPORTS = {
     "set_backend": "normlab.kernels",
     "use_backend": "normlab.kernels",
     "summary": "normlab.tools",
+    "fold_batchnorm": "normlab.tools",
+    "precise_batchnorm": "normlab.tools",
+    "adapt_batchnorm": "normlab.tools",
+    "convert": "normlab.tools",
+    "doctor": "normlab.tools",
 }
 _SUBMODULES = {"autograd", "functional", "kernels", "nn", "reference", "tools", "lab"}
 

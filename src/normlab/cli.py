@@ -1,6 +1,8 @@
 """The ``normlab`` command line.
 
     normlab summary MODEL [--checkpoint FILE] --input-size 3 32 32
+    normlab doctor MODEL [--checkpoint FILE] (--input-size 3 32 32 [--batch-size 32] | --example BATCH.pt)
+    normlab fold MODEL [--checkpoint FILE] --output folded.pt
 
 MODEL is ``module:callable``: a module importable from the current directory (or a
 path to a .py file) and a callable in it that returns an ``nn.Module``; a checkpoint,
@@ -34,6 +36,7 @@ def load_model(spec: str, checkpoint: str | None = None):
                 raise CommandError(f"no such file: {path}")
             loader = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(loader)
+            sys.modules[path.stem] = module  # so that its classes can be pickled (normlab fold saves the model)
             loader.loader.exec_module(module)
         else:
             sys.path.insert(0, str(pathlib.Path.cwd()))
@@ -64,6 +67,53 @@ def _summary(args) -> int:
     return 0
 
 
+def _doctor(args) -> int:
+    import torch
+
+    from .tools import doctor
+
+    model = load_model(args.model, args.checkpoint)
+    if args.example is not None:
+        if not pathlib.Path(args.example).exists():
+            raise CommandError(f"no such example batch: {args.example}")
+        batch = torch.load(args.example, map_location="cpu", weights_only=True)
+        what = f"the example batch in {args.example}"
+    else:
+        param = next(iter(model.parameters()), None)
+        dtype = param.dtype if param is not None else torch.float32
+        gen = torch.Generator().manual_seed(0)
+        batch = torch.randn(args.batch_size, *args.input_size, generator=gen, dtype=dtype)
+        what = f"a batch of {args.batch_size} standard-normal samples of shape {tuple(args.input_size)}"
+    findings = doctor(model, batch)
+    for finding in findings:
+        print(finding)
+    print(f"{len(findings)} finding(s) on {what}")
+    return 1 if findings else 0
+
+
+def _fold(args) -> int:
+    import torch
+
+    from ._atomic import atomic_path
+    from .tools import fold_batchnorm
+
+    model = load_model(args.model, args.checkpoint).eval()
+    try:
+        result = fold_batchnorm(model)
+    except ValueError as e:
+        raise CommandError(str(e)) from e
+    print(result)
+    try:
+        with atomic_path(args.output) as tmp:
+            torch.save(result.model, tmp)
+    except OSError as e:
+        raise CommandError(f"cannot write {args.output} (left as it was): {e}") from e
+    module = pathlib.Path(args.model.partition(":")[0])
+    name = module.stem if module.suffix == ".py" else str(module)
+    print(f"wrote {args.output}: the whole module; load it with torch.load(path, weights_only=False) where {name!r} is importable")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="normlab", description="Batch normalization, done properly.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -73,6 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="state_dict to load into the model")
     p.add_argument("--input-size", type=int, nargs="+", required=True, help="one sample's shape, without the batch")
     p.set_defaults(run=_summary)
+
+    p = commands.add_parser("doctor", help="find the classic batch-norm mistakes in a model (exit status 1 if any)")
+    p.add_argument("model", help="module:callable returning the model")
+    p.add_argument("--checkpoint", help="state_dict to load into the model")
+    example = p.add_mutually_exclusive_group(required=True)
+    example.add_argument("--input-size", type=int, nargs="+", help="one sample's shape, without the batch (random data)")
+    example.add_argument("--example", help="a batch of real inputs saved with torch.save, used instead of random data")
+    p.add_argument("--batch-size", type=int, default=32, help="samples in the random batch (use your training batch size)")
+    p.set_defaults(run=_doctor)
+
+    p = commands.add_parser("fold", help="fold batch norms into the preceding conv/linear and save the model")
+    p.add_argument("model", help="module:callable returning the model")
+    p.add_argument("--checkpoint", help="state_dict to load into the model")
+    p.add_argument("--output", required=True, help="where to write the folded model (torch.save of the module)")
+    p.set_defaults(run=_fold)
     return parser
 
 

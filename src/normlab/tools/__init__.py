@@ -1,5 +1,22 @@
-"""Tools around normalization layers: summaries (and, later, folding, precise statistics, conversion, the doctor)."""
+"""Tools around normalization layers: summary, folding for inference, precise statistics, conversion, the doctor."""
 
+from .convert import convert, counterparts
+from .doctor import Finding, doctor
+from .fold import ChannelAffine, FoldResult, fold_batchnorm
+from .precise import adapt_batchnorm, precise_batchnorm
 from .summary import Summary, count_parameters, summary
 
-__all__ = ["Summary", "count_parameters", "summary"]
+__all__ = [
+    "ChannelAffine",
+    "Finding",
+    "FoldResult",
+    "Summary",
+    "adapt_batchnorm",
+    "convert",
+    "count_parameters",
+    "counterparts",
+    "doctor",
+    "fold_batchnorm",
+    "precise_batchnorm",
+    "summary",
+]
