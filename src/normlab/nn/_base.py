@@ -106,6 +106,13 @@ class NormBase(nn.Module):
         if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
             # checkpoints from before num_batches_tracked existed
             state_dict[key] = torch.tensor(0, dtype=torch.long)
+        self._check_checkpoint_shapes(state_dict, prefix)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def _check_checkpoint_shapes(self, state_dict, prefix: str) -> None:
+        """Raise a clear error for a checkpoint saved from a layer of another width."""
         for name in ("weight", "bias", "running_mean", "running_var"):
             mine, theirs = getattr(self, name), state_dict.get(prefix + name)
             if mine is not None and theirs is not None and theirs.shape != mine.shape:
@@ -114,9 +121,6 @@ class NormBase(nn.Module):
                     f"{tuple(theirs.shape)}, expected {tuple(mine.shape)}; it was saved from a "
                     f"layer with {theirs.numel()} features, this one has {self.num_features}"
                 )
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
 
     # --- input checks -------------------------------------------------------------------
 
