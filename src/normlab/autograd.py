@@ -186,7 +186,10 @@ class Normalize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, dims, eps, center, statistics=None, moments=None):
         xa = x.to(accumulation_dtype(x.dtype))
-        statistics = Statistics(x, dims) if statistics is None else statistics
+        if statistics is None:
+            statistics = Statistics(x, dims)
+        elif statistics.dims != tuple(dims):
+            raise ValueError(f"Normalize: statistics over dims {statistics.dims} given for dims {tuple(dims)}")
         if moments is None:
             x_c, moments = statistics.centered(xa, center)
         else:

@@ -17,7 +17,7 @@ import sync_worker
 from conftest import assert_rel
 from normlab.nn.sync import merge_moments
 
-DEADLINE_S = 120  # a hang (a rank waiting on a collective the other never joins) fails here
+DEADLINE_S = 90  # a hang (a rank waiting on a collective the other never joins) fails here
 
 
 def free_port() -> int:
