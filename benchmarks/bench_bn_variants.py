@@ -3,8 +3,9 @@ torch.nn.BatchNorm2d, same tensors, same process.
 
 For each shape it times training forward+backward and inference forward of
     torch     torch.nn.BatchNorm2d
-    renorm    normlab.BatchRenorm2d past its schedule (rmax=3, dmax=5 in force): normlab's
-              own implementation, since torch has no batch renormalization
+    renorm    normlab.BatchRenorm2d past its schedule (rmax=3, dmax=5 in force): the batch
+              statistics taken first (normlab's shifted two-pass, for r and d), then batch
+              norm with weight gamma * r and bias gamma * d + beta on the default backend
     warm-up   normlab.BatchRenorm2d in its warm-up steps, where it is batch norm and runs
               as such (torch's kernel on the CPU)
     ghost     normlab.GhostBatchNorm with virtual batches of 8 (4 per batch of 32)

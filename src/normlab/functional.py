@@ -222,30 +222,31 @@ def batch_normalize(
 
     The step every batch-norm layer and function shares. ``rmax`` and ``dmax`` other than
     1 and 0 make it batch renormalization (see :func:`batch_renorm`), which reads the
-    running statistics. The running statistics, when given, are updated with ``momentum``
-    (0 leaves them as they are). Callers check that the statistics span more than one
-    value (:func:`too_few_values`).
+    running statistics: r and d, from the statistics taken first, turn into the weight
+    and bias of a batch norm. The running statistics, when given, are updated with
+    ``momentum`` (0 leaves them as they are). Callers check that the statistics span
+    more than one value (:func:`too_few_values`). Local statistics of a whole batch can
+    run on torch's kernel (:func:`normlab.kernels.choose` decides); masked and
+    synchronized ones run on :class:`normlab.autograd.Normalize`.
     """
     update = momentum != 0 and running_mean is not None and running_var is not None
-    renorm = rmax != 1 or dmax != 0
-    plain = type(statistics) is Statistics and statistics.mask is None and statistics.count > 1
-    op = "batch_renorm" if renorm else "batch_norm" if plain else "batch_norm_over_statistics"
-    if kernels.choose(op, input) == "native":
+    if statistics.count == 0:  # an empty batch: no statistics, running ones left alone
+        return affine(input, _per_channel(weight, input.dim()), _per_channel(bias, input.dim()))
+    moments = None
+    if rmax != 1 or dmax != 0:  # batch renormalization
+        with torch.no_grad():
+            _, moments = statistics.centered(input.to(accumulation_dtype(input.dtype)))
+            sigma = torch.sqrt(running_var + eps)
+            r = (torch.sqrt(moments.var.reshape(-1) + eps) / sigma).clamp(1 / rmax, rmax)
+            d = ((moments.mean.reshape(-1) - running_mean) / sigma).clamp(-dmax, dmax)
+        # gamma * (x_hat * r + d) + beta is batch norm with weight gamma * r and bias gamma * d + beta
+        weight, bias = affine(r, weight, None), affine(d, weight, bias)
+    local = type(statistics) is Statistics and statistics.mask is None and statistics.count > 1
+    if local and kernels.choose("batch_norm", input) == "native":
         running_mean, running_var = (running_mean, running_var) if update else (None, None)
         return F.batch_norm(input, running_mean, running_var, weight, bias, True, momentum, eps)
     ndim = input.dim()
     weight, bias = _per_channel(weight, ndim), _per_channel(bias, ndim)
-    if statistics.count == 0:  # an empty batch: no statistics, running ones left alone
-        return affine(input, weight, bias)
-    moments = None
-    if renorm:
-        with torch.no_grad():
-            _, moments = statistics.centered(input.to(accumulation_dtype(input.dtype)))
-            sigma = torch.sqrt(_per_channel(running_var, ndim) + eps)
-            r = (torch.sqrt(moments.var + eps) / sigma).clamp(1 / rmax, rmax)
-            d = ((moments.mean - _per_channel(running_mean, ndim)) / sigma).clamp(-dmax, dmax)
-        # gamma * (x_hat * r + d) + beta is Normalize with weight gamma * r and bias gamma * d + beta
-        weight, bias = affine(r, weight, None), affine(d, weight, bias)
     y, mean, var = Normalize.apply(input, weight, bias, statistics.dims, eps, True, statistics, moments)
     if update:
         update_running_stats(running_mean, running_var, mean, var, statistics.count, momentum)
