@@ -117,3 +117,37 @@ def test_reference_imports_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "-0.99" in out.stdout
+
+
+def test_masked_backward_matches_finite_differences():
+    """Masked statistics: dy at padded positions too, and padded values that move nothing but their own output."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3, 2, 4))
+    mask = rng.random((3, 4)) < 0.6
+    mask[0, :2] = True
+    gamma, beta, dy = rng.normal(size=2), rng.normal(size=2), rng.normal(size=x.shape)
+
+    def loss(x_):
+        return float((R.batch_norm_train(x_, gamma, beta, 1e-3, mask=mask)[0] * dy).sum())
+
+    _, cache = R.batch_norm_train(x, gamma, beta, 1e-3, mask=mask)
+    assert cache.count == mask.sum()
+    dx, _, _ = R.batch_norm_backward(dy, cache)
+    np.testing.assert_allclose(dx, numerical_grad(loss, x.copy()), rtol=1e-5, atol=1e-7)
+
+
+def test_batch_renorm_backward_matches_finite_differences_where_r_and_d_are_clipped():
+    """Clipped, r and d are constant, so the stop-gradient backward is the true derivative."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5, 3))
+    rm, rv = np.full(3, 40.0), np.full(3, 90.0)
+    gamma, beta, dy = rng.normal(size=3), rng.normal(size=3), rng.normal(size=x.shape)
+
+    def loss(x_, g_=gamma):
+        return float((R.batch_renorm_train(x_, rm, rv, g_, beta, 1e-3, 1.5, 0.2)[0] * dy).sum())
+
+    _, rc = R.batch_renorm_train(x, rm, rv, gamma, beta, 1e-3, 1.5, 0.2)
+    assert np.allclose(rc.r, 1 / 1.5) and np.allclose(rc.d, -0.2)
+    dx, dgamma, _ = R.batch_renorm_backward(dy, rc)
+    np.testing.assert_allclose(dx, numerical_grad(loss, x.copy()), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dgamma, numerical_grad(lambda g: loss(x, g), gamma.copy()), rtol=1e-5, atol=1e-7)

@@ -5,6 +5,11 @@ runs normlab's own implementation, :class:`normlab.autograd.Normalize` (or, for
 mean-only batch norm and weight norm, which do not divide by a standard deviation,
 a few differentiable torch operations). Checks that guard against a silent wrong
 answer run before the choice, so that both backends refuse the same inputs.
+
+The batch-norm family shares one training step, :func:`batch_normalize`: given how
+the batch statistics are taken (a :class:`normlab.autograd.Statistics`: over the
+batch, over its unpadded positions, or across processes), it normalizes, applies
+batch renormalization's correction when asked, and updates the running statistics.
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from . import kernels
-from .autograd import Normalize, accumulation_dtype, affine, centered
+from .autograd import Normalize, Statistics, accumulation_dtype, affine, centered
 
 __all__ = [
     "batch_norm",
+    "batch_normalize",
+    "batch_renorm",
+    "ghost_batch_norm",
     "update_running_stats",
     "layer_norm",
     "group_norm",
@@ -33,11 +41,6 @@ __all__ = [
 def _per_channel(v: torch.Tensor | None, ndim: int) -> torch.Tensor | None:
     """View a per-channel vector so it broadcasts along dim 1 of an ``ndim`` input."""
     return None if v is None else v.view(1, -1, *[1] * (ndim - 2))
-
-
-def values_per_channel(input: torch.Tensor) -> int:
-    """m: how many values each channel's batch statistics are taken over."""
-    return input.numel() // input.shape[1] if input.dim() > 1 and input.shape[1] else 0
 
 
 def update_running_stats(running_mean, running_var, mean, var, count: int, momentum: float) -> None:
@@ -54,6 +57,70 @@ def update_running_stats(running_mean, running_var, mean, var, count: int, momen
             running_var.lerp_(unbiased.to(running_var.dtype), momentum)
 
 
+def values_per_channel(input: torch.Tensor) -> int:
+    """m: how many values each channel's batch statistics are taken over."""
+    return input.numel() // input.shape[1] if input.dim() > 1 and input.shape[1] else 0
+
+
+def batch_dims(input: torch.Tensor) -> tuple[int, ...]:
+    """The axes batch statistics are taken over: every axis but the channel axis, dim 1."""
+    return (0, *range(2, input.dim()))
+
+
+def batch_mask(input: torch.Tensor, mask: torch.Tensor | None, name: str) -> torch.Tensor | None:
+    """Check a padding mask for ``input`` and view it as ``(N, 1, *spatial)``; None stays None.
+
+    ``mask`` is a bool tensor shaped like the input without its channel axis (``(N, L)``
+    for an ``(N, C, L)`` sequence batch), True where a value is real, False where padded.
+    """
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"{name}: expected a bool mask (True where a value is real), got {got}; e.g. mask.bool()")
+    expected = (input.shape[0], *input.shape[2:])
+    if tuple(mask.shape) != expected:
+        raise ValueError(
+            f"{name}: expected a mask of shape {expected} (the input's shape without its channel "
+            f"axis), got {tuple(mask.shape)} for an input of shape {tuple(input.shape)}"
+        )
+    if mask.device != input.device:
+        raise ValueError(f"{name}: the mask is on {mask.device}, the input on {input.device}")
+    return mask.unsqueeze(1)
+
+
+def too_few_values(statistics: Statistics, input: torch.Tensor) -> bool:
+    """Whether a training batch gives fewer than two values per channel (an empty batch does not count)."""
+    return statistics.count == 1 or (statistics.count == 0 and input.numel() > 0)
+
+
+def _refuse_too_few_values(statistics: Statistics, input: torch.Tensor, name: str) -> None:
+    if too_few_values(statistics, input):
+        where = "" if statistics.mask is None else f" and {statistics.count} unmasked value(s) per channel"
+        raise ValueError(
+            f"{name}: training needs more than one value per channel to compute batch "
+            f"statistics, got an input of shape {tuple(input.shape)}{where}"
+        )
+
+
+def _check_eps(eps: float, training: bool, name: str) -> None:
+    """eps may be 0 only when the statistics are given (inference): a batch's variance can be 0."""
+    if eps < 0 or (training and eps == 0):
+        raise ValueError(f"{name}: eps must be positive, got {eps}")
+
+
+def _normalize_with(input, mean, var, weight, bias, eps) -> torch.Tensor:
+    """``weight * (x - mean) / sqrt(var + eps) + bias`` with given per-channel statistics (inference)."""
+    if mean is None or var is None:
+        raise ValueError("batch_norm: evaluation needs running_mean and running_var")
+    if kernels.choose("batch_norm", input) == "native":
+        return F.batch_norm(input, mean, var, weight, bias, False, 0.0, eps)
+    ndim = input.dim()
+    x = input.to(accumulation_dtype(input.dtype))
+    x_hat = (x - _per_channel(mean, ndim)) * _per_channel(torch.rsqrt(var + eps), ndim)
+    return affine(x_hat, _per_channel(weight, ndim), _per_channel(bias, ndim)).to(input.dtype)
+
+
 def batch_norm(
     input: torch.Tensor,
     running_mean: torch.Tensor | None,
@@ -63,6 +130,8 @@ def batch_norm(
     training: bool = False,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    *,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Batch normalization per channel (dim 1) over every other axis.
 
@@ -72,39 +141,138 @@ def batch_norm(
     updated in place with the unbiased variance. Otherwise
     :math:`y = \gamma (x - \hat\mu) / \sqrt{\hat\sigma^2 + \epsilon} + \beta` with the
     running statistics.
-    """
-    if training and values_per_channel(input) == 1:
-        raise ValueError(
-            "batch_norm: training needs more than one value per channel to compute batch "
-            f"statistics, got an input of shape {tuple(input.shape)}"
-        )
-    if eps < 0 or (training and eps == 0):
-        raise ValueError(f"batch_norm: eps must be positive, got {eps}")
-    if kernels.choose("batch_norm", input) == "native":
-        return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
 
+    ``mask`` (normlab's addition): a bool tensor shaped like the input without dim 1,
+    False at padded positions, which the batch statistics then leave out; see
+    :func:`batch_mask`.
+    """
+    mask = batch_mask(input, mask, "batch_norm")
+    if not training:
+        _check_eps(eps, training, "batch_norm")
+        return _normalize_with(input, running_mean, running_var, weight, bias, eps)
+    statistics = Statistics(input, batch_dims(input), mask)
+    _refuse_too_few_values(statistics, input, "batch_norm")
+    _check_eps(eps, training, "batch_norm")
+    return batch_normalize(input, statistics, running_mean, running_var, weight, bias, momentum, eps)
+
+
+def batch_renorm(
+    input: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    rmax: float = 3.0,
+    dmax: float = 5.0,
+    *,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""Batch renormalization (Ioffe 2017): batch norm corrected towards the running statistics.
+
+    Training: :math:`y = \gamma (\hat x\, r + d) + \beta` with :math:`\hat x` batch norm's,
+    :math:`r = \mathrm{clip}_{[1/r_{max}, r_{max}]}(\sigma_B / \sigma)` and
+    :math:`d = \mathrm{clip}_{[-d_{max}, d_{max}]}((\mu_B - \mu) / \sigma)`, constants in the
+    backward pass, where :math:`\sigma_B = \sqrt{\sigma_B^2 + \epsilon}` (biased batch
+    variance) and :math:`\mu`, :math:`\sigma = \sqrt{\text{running\_var} + \epsilon}` are the
+    running statistics before this step updates them, as batch norm does. Evaluation:
+    batch norm with the running statistics. ``rmax=1, dmax=0`` is batch norm.
+    """
+    mask = batch_mask(input, mask, "batch_renorm")
+    if rmax < 1 or dmax < 0:
+        raise ValueError(f"batch_renorm: needs rmax >= 1 and dmax >= 0, got rmax={rmax}, dmax={dmax}")
+    if not training:
+        _check_eps(eps, training, "batch_renorm")
+        return _normalize_with(input, running_mean, running_var, weight, bias, eps)
+    if running_mean is None or running_var is None:
+        raise ValueError("batch_renorm: training needs running_mean and running_var: r and d compare the batch statistics with them")
+    statistics = Statistics(input, batch_dims(input), mask)
+    _refuse_too_few_values(statistics, input, "batch_renorm")
+    _check_eps(eps, training, "batch_renorm")
+    return batch_normalize(input, statistics, running_mean, running_var, weight, bias, momentum, eps, rmax, dmax)
+
+
+def ghost_batch_norm(
+    input: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    virtual_batch_size: int = 32,
+    *,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Ghost batch normalization (Hoffer et al. 2017): :func:`batch_norm` of each virtual batch.
+
+    In training the input is split along dim 0 into virtual batches of
+    ``virtual_batch_size`` samples (the last may be smaller), each normalized with its own
+    statistics and each updating the running statistics in turn, as batch norm would if
+    it saw them one after another. Evaluation: batch norm with the running statistics.
+    """
+    if not isinstance(virtual_batch_size, int) or virtual_batch_size < 1:
+        raise ValueError(f"ghost_batch_norm: virtual_batch_size must be a positive int, got {virtual_batch_size!r}")
+    if not training:
+        return batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps, mask=mask)
+    masks = [None] * input.shape[0] if mask is None else mask.split(virtual_batch_size)
+    return torch.cat([
+        batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps, mask=m)
+        for x, m in zip(input.split(virtual_batch_size), masks)
+    ])
+
+
+def batch_normalize(
+    input: torch.Tensor,
+    statistics: Statistics,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    momentum: float,
+    eps: float,
+    rmax: float = 1.0,
+    dmax: float = 0.0,
+) -> torch.Tensor:
+    """One training step of batch normalization, with the batch statistics ``statistics`` takes.
+
+    The step every batch-norm layer and function shares. ``rmax`` and ``dmax`` other than
+    1 and 0 make it batch renormalization (see :func:`batch_renorm`), which reads the
+    running statistics: r and d, from the statistics taken first, turn into the weight
+    and bias of a batch norm. The running statistics, when given, are updated with
+    ``momentum`` (0 leaves them as they are). Callers check that the statistics span
+    more than one value (:func:`too_few_values`). Local statistics of a whole batch can
+    run on torch's kernel (:func:`normlab.kernels.choose` decides); masked and
+    synchronized ones run on :class:`normlab.autograd.Normalize`.
+    """
+    update = momentum != 0 and running_mean is not None and running_var is not None
+    if statistics.count == 0:  # an empty batch: no statistics, running ones left alone
+        return affine(input, _per_channel(weight, input.dim()), _per_channel(bias, input.dim()))
+    moments = None
+    if rmax != 1 or dmax != 0:  # batch renormalization
+        with torch.no_grad():
+            _, moments = statistics.centered(input.to(accumulation_dtype(input.dtype)))
+            sigma = torch.sqrt(running_var + eps)
+            r = (torch.sqrt(moments.var.reshape(-1) + eps) / sigma).clamp(1 / rmax, rmax)
+            d = ((moments.mean.reshape(-1) - running_mean) / sigma).clamp(-dmax, dmax)
+        # gamma * (x_hat * r + d) + beta is batch norm with weight gamma * r and bias gamma * d + beta
+        weight, bias = affine(r, weight, None), affine(d, weight, bias)
+    local = type(statistics) is Statistics and statistics.mask is None and statistics.count > 1
+    if local and kernels.choose("batch_norm", input) == "native":
+        running_mean, running_var = (running_mean, running_var) if update else (None, None)
+        return F.batch_norm(input, running_mean, running_var, weight, bias, True, momentum, eps)
     ndim = input.dim()
     weight, bias = _per_channel(weight, ndim), _per_channel(bias, ndim)
-    if not training:
-        if running_mean is None or running_var is None:
-            raise ValueError("batch_norm: evaluation needs running_mean and running_var")
-        x = input.to(accumulation_dtype(input.dtype))
-        x_hat = (x - _per_channel(running_mean, ndim)) * _per_channel(torch.rsqrt(running_var + eps), ndim)
-        return affine(x_hat, weight, bias).to(input.dtype)
-    if input.numel() == 0:  # an empty batch: no statistics, running ones left alone
-        return affine(input, weight, bias)
-    dims = (0, *range(2, ndim))
-    y, mean, var = Normalize.apply(input, weight, bias, dims, eps, True)
-    update_running_stats(running_mean, running_var, mean, var, values_per_channel(input), momentum)
+    y, mean, var = Normalize.apply(input, weight, bias, statistics.dims, eps, True, statistics, moments)
+    if update:
+        update_running_stats(running_mean, running_var, mean, var, statistics.count, momentum)
     return y
 
 
 # --- layer, group, instance and RMS norm: Normalize over other axes -----------------------
-
-
-def _check_eps(eps, who: str) -> None:
-    if eps <= 0:
-        raise ValueError(f"{who}: eps must be positive, got {eps}")
 
 
 def check_normalized_shape(input: torch.Tensor, normalized_shape: tuple[int, ...], who: str) -> None:
@@ -141,7 +309,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-
     normalized_shape = _as_shape(normalized_shape)
     check_normalized_shape(input, normalized_shape, "layer_norm")
     _check_params(normalized_shape, "layer_norm", weight=weight, bias=bias)
-    _check_eps(eps, "layer_norm")
+    _check_eps(eps, True, "layer_norm")
     if kernels.choose("layer_norm", input) == "native":
         return F.layer_norm(input, normalized_shape, weight, bias, eps)
     return Normalize.apply(input, weight, bias, _trailing_dims(input, normalized_shape), eps, True)[0]
@@ -159,7 +327,7 @@ def rms_norm(input, normalized_shape, weight=None, eps: float | None = None) -> 
     check_normalized_shape(input, normalized_shape, "rms_norm")
     _check_params(normalized_shape, "rms_norm", weight=weight)
     if eps is not None:
-        _check_eps(eps, "rms_norm")
+        _check_eps(eps, True, "rms_norm")
     if kernels.choose("rms_norm", input) == "native":
         return F.rms_norm(input, normalized_shape, weight, eps)
     if eps is None:
@@ -192,7 +360,7 @@ def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5
     Unlike torch, a group of one value is refused for every batch size, not only for N = 1.
     """
     check_groups(input, num_groups, "group_norm")
-    _check_eps(eps, "group_norm")
+    _check_eps(eps, True, "group_norm")
     if kernels.choose("group_norm", input) == "native":
         return F.group_norm(input, num_groups, weight, bias, eps)
     n, c, *spatial = input.shape

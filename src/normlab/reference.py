@@ -19,9 +19,16 @@ but the channel axis; the other normalizations only choose other axes: layer nor
 RMS norm the trailing axes, instance norm the spatial axes, group norm the axes of a
 view of x that puts each group of channels on an axis of its own.
 
-Two relatives are not of that form and have their own functions at the end: mean-only
+Two relatives are not of that form and have their own functions further down: mean-only
 batch norm (``y = x - mean + beta``, no division) and weight normalization
 (``w = g * v / ||v||``, a reparameterization of a weight rather than of activations).
+
+Masked statistics (padded sequences) take the moments over the positions where a mask
+is 1 only (m = their number); every position is still normalized, and since only those
+positions move the statistics, the two statistics terms of dx apply there only:
+``dx = (g - mask * (sum_A(g) + x_hat * sum_A(g * x_hat)) / m) / sqrt(var + eps)``, the sums
+over every position. Batch renormalization and ghost batch norm are built on the same
+two functions further down.
 """
 
 from __future__ import annotations
@@ -48,6 +55,11 @@ __all__ = [
     "mean_only_batch_norm_eval",
     "weight_norm",
     "weight_norm_backward",
+    "RenormCache",
+    "batch_renorm_train",
+    "batch_renorm_backward",
+    "ghost_batch_norm_train",
+    "ghost_batch_norm_backward",
 ]
 
 
@@ -63,30 +75,43 @@ class Cache(NamedTuple):
     mean: np.ndarray  # batch mean, keepdims (zeros when not centering)
     var: np.ndarray  # biased batch variance, keepdims
     count: int  # m, the number of values each statistic is taken over
+    mask: np.ndarray | None = None  # 1 where the statistics look, broadcastable against x
 
 
 def _axes(axes, ndim: int) -> tuple[int, ...]:
     return tuple(sorted(a % ndim for a in np.atleast_1d(axes)))
 
 
-def normalize(x, axes, weight=None, bias=None, eps: float = 1e-5, center: bool = True):
+def normalize(x, axes, weight=None, bias=None, eps: float = 1e-5, center: bool = True, mask=None):
     """Normalize ``x`` over ``axes`` and apply the affine map; returns ``(y, cache)``.
 
-    ``weight`` and ``bias`` must broadcast against ``x`` (or be None).
+    ``weight`` and ``bias`` must broadcast against ``x`` (or be None). ``mask`` (or None):
+    broadcastable against ``x``, 1 where a value counts towards the statistics; it may
+    vary only along ``axes``, so that every group has the same count.
     """
     x = np.asarray(x, dtype=np.float64)
     axes = _axes(axes, x.ndim)
-    count = int(np.prod([x.shape[a] for a in axes]))
-    mean = x.mean(axis=axes, keepdims=True) if center else np.zeros([1] * x.ndim)
-    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    if mask is None:
+        inside = np.ones(x.shape, dtype=bool)
+    else:
+        mask = np.asarray(mask, dtype=bool)
+        assert all(mask.shape[a] == 1 for a in range(x.ndim) if a not in axes), "mask varies across groups"
+        inside = np.broadcast_to(mask, x.shape)
+    count = int(inside.sum(axis=axes).flat[0]) if x.size else 0
+
+    def mean(a):
+        return np.where(inside, a, 0.0).sum(axis=axes, keepdims=True) / count
+
+    mean_ = mean(x) if center else np.zeros([1] * x.ndim)
+    var = mean((x - mean_) ** 2)
     inv_std = 1.0 / np.sqrt(var + eps)
-    x_hat = (x - mean) * inv_std
+    x_hat = (x - mean_) * inv_std
     w = None if weight is None else np.asarray(weight, dtype=np.float64)
     y = x_hat if w is None else x_hat * w
     if bias is not None:
         y = y + np.asarray(bias, dtype=np.float64)
     bias_shape = None if bias is None else np.shape(bias)
-    return y, Cache(x_hat, inv_std, w, bias_shape, axes, center, mean, var, count)
+    return y, Cache(x_hat, inv_std, w, bias_shape, axes, center, mean_, var, count, mask)
 
 
 def _sum_to_shape(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -102,10 +127,11 @@ def normalize_backward(dy, cache: Cache):
     dy = np.asarray(dy, dtype=np.float64)
     x_hat, inv_std, w, bias_shape, axes, center = cache[:6]
     g = dy if w is None else dy * w
-    dx = g - x_hat * (g * x_hat).mean(axis=axes, keepdims=True)
+    m, inside = cache.count, 1.0 if cache.mask is None else cache.mask
+    correction = x_hat * (g * x_hat).sum(axis=axes, keepdims=True) / m
     if center:
-        dx = dx - g.mean(axis=axes, keepdims=True)
-    dx = dx * inv_std
+        correction = correction + g.sum(axis=axes, keepdims=True) / m
+    dx = (g - inside * correction) * inv_std
     dweight = None if w is None else _sum_to_shape(dy * x_hat, w.shape)
     dbias = None if bias_shape is None else _sum_to_shape(dy, bias_shape)
     return dx, dweight, dbias
@@ -123,17 +149,21 @@ def _per_channel(v, ndim: int, channel_axis: int):
     return np.asarray(v, dtype=np.float64).reshape(shape)
 
 
-def batch_norm_train(x, weight=None, bias=None, eps: float = 1e-5, channel_axis: int = 1):
+def batch_norm_train(x, weight=None, bias=None, eps: float = 1e-5, channel_axis: int = 1, mask=None):
     """Training-mode batch norm: batch statistics per channel. Returns ``(y, cache)``.
 
     ``cache.mean`` and ``cache.var`` (biased) are the batch statistics, ``cache.count``
     the number of values per channel, which :func:`update_running_stats` takes.
+    ``mask``: shaped like ``x`` without the channel axis, 1 where a value is real, 0 where
+    padded; the statistics are then taken over the real values only.
     """
     x = np.asarray(x, dtype=np.float64)
     channel_axis %= x.ndim
     axes = tuple(a for a in range(x.ndim) if a != channel_axis)
     w, b = (_per_channel(p, x.ndim, channel_axis) for p in (weight, bias))
-    return normalize(x, axes, w, b, eps)
+    if mask is not None:
+        mask = np.expand_dims(np.asarray(mask, dtype=bool), channel_axis)
+    return normalize(x, axes, w, b, eps, mask=mask)
 
 
 def batch_norm_backward(dy, cache: Cache):
@@ -312,3 +342,76 @@ def weight_norm_backward(dw, v, g, dim=0):
     u = v / norm
     dw_u = (dw * u).sum(axis=axes, keepdims=True)
     return g / norm * (dw - u * dw_u), dw_u.reshape(g.shape)
+# --- batch renormalization (Ioffe 2017) --------------------------------------------------------
+
+
+class RenormCache(NamedTuple):
+    """What :func:`batch_renorm_backward` needs: batch norm's cache and the constants r, d."""
+
+    cache: Cache
+    r: np.ndarray  # per channel, keepdims
+    d: np.ndarray
+    weight: np.ndarray | None
+
+
+def batch_renorm_train(
+    x, running_mean, running_var, weight=None, bias=None, eps: float = 1e-5, rmax: float = 3.0,
+    dmax: float = 5.0, channel_axis: int = 1, mask=None,
+):
+    """Training-mode batch renormalization (Ioffe 2017, Alg. 1). Returns ``(y, RenormCache)``.
+
+    ``y = gamma * (x_hat * r + d) + beta`` with x_hat batch norm's,
+    ``r = clip(sigma_B / sigma, 1/rmax, rmax)``, ``d = clip((mu_B - mu) / sigma, -dmax, dmax)``,
+    ``sigma_B = sqrt(var_B + eps)`` (biased batch variance), ``mu`` and
+    ``sigma = sqrt(running_var + eps)`` the running statistics before the update.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    _, cache = batch_norm_train(x, None, None, eps, channel_axis, mask)
+    mu, var = (_per_channel(v, x.ndim, channel_axis % x.ndim) for v in (running_mean, running_var))
+    sigma = np.sqrt(var + eps)
+    r = np.clip(np.sqrt(cache.var + eps) / sigma, 1 / rmax, rmax)
+    d = np.clip((cache.mean - mu) / sigma, -dmax, dmax)
+    w, b = (_per_channel(p, x.ndim, channel_axis % x.ndim) for p in (weight, bias))
+    y = cache.x_hat * r + d
+    y = y if w is None else y * w
+    y = y if b is None else y + b
+    return y, RenormCache(cache, r, d, w)
+
+
+def batch_renorm_backward(dy, rc: RenormCache):
+    """``(dx, dgamma, dbeta)`` of :func:`batch_renorm_train`, r and d held constant."""
+    dy = np.asarray(dy, dtype=np.float64)
+    cache = rc.cache
+    # y = (gamma r) x_hat + ...: batch norm's dx with the weight gamma * r
+    g_weight = rc.r if rc.weight is None else rc.r * rc.weight
+    dx, _, _ = normalize_backward(dy, cache._replace(weight=g_weight))
+    axes = cache.axes
+    dgamma = None if rc.weight is None else (dy * (cache.x_hat * rc.r + rc.d)).sum(axis=axes)
+    return dx, dgamma, dy.sum(axis=axes)
+
+
+# --- ghost batch norm (Hoffer et al. 2017) -----------------------------------------------------
+
+
+def ghost_batch_norm_train(x, virtual_batch_size: int, weight=None, bias=None, eps: float = 1e-5, channel_axis: int = 1):
+    """Training-mode ghost batch norm: batch norm of each virtual batch of ``virtual_batch_size``
+    samples along axis 0 (the last may be smaller). Returns ``(y, caches)``, one cache per
+    virtual batch, in order (their mean, var and count feed :func:`update_running_stats`).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    parts = [batch_norm_train(x[i : i + virtual_batch_size], weight, bias, eps, channel_axis)
+             for i in range(0, x.shape[0], virtual_batch_size)]
+    return np.concatenate([y for y, _ in parts]), [c for _, c in parts]
+
+
+def ghost_batch_norm_backward(dy, caches):
+    """``(dx, dgamma, dbeta)`` of :func:`ghost_batch_norm_train`."""
+    dy = np.asarray(dy, dtype=np.float64)
+    grads, start = [], 0
+    for c in caches:
+        stop = start + c.x_hat.shape[0]
+        grads.append(batch_norm_backward(dy[start:stop], c))
+        start = stop
+    dx = np.concatenate([g[0] for g in grads])
+    total = (lambda i: None if grads[0][i] is None else sum(g[i] for g in grads))
+    return dx, total(1), total(2)

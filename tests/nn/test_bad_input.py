@@ -93,3 +93,18 @@ def test_constructor_arguments_are_checked():
 def test_unknown_backend():
     with pytest.raises(ValueError, match="unknown normlab backend 'cuda'"):
         normlab.set_backend("cuda")
+
+
+@pytest.mark.parametrize(
+    "layer,x,message",
+    [
+        (normlab.BatchRenorm1d(4), torch.randn(2, 4, 3, 3), r"BatchRenorm1d\(4\): expected a 2-D \(N, C\) or 3-D \(N, C, L\) input, got a 4-D"),
+        (normlab.GhostBatchNorm(4), torch.randn(4), r"GhostBatchNorm\(4\): expected a 2-D \(N, C\) or .* or 5-D \(N, C, D, H, W\) input, got a 1-D"),
+        (normlab.SyncBatchNorm(4), torch.randn(2, 3, 5), r"SyncBatchNorm\(4\): expected 4 channels in dim 1 of the input, got 3"),
+        (normlab.SyncBatchRenorm(4), torch.randn(2, 3), r"SyncBatchRenorm\(4\): expected 4 channels"),
+        (normlab.FrozenBatchNorm(4), torch.randn(2, 5), r"FrozenBatchNorm\(4\): expected 4 channels"),
+    ],
+)
+def test_variants_name_themselves(layer, x, message):
+    with pytest.raises(ValueError, match=message):
+        layer(x)

@@ -1,14 +1,32 @@
 """normlab's layers, drop-in replacements for their torch.nn counterparts."""
 
-from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .batchnorm import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    BatchRenorm1d,
+    BatchRenorm2d,
+    BatchRenorm3d,
+    FrozenBatchNorm,
+    GhostBatchNorm,
+)
 from .keras import batch_norm_from_keras, from_keras_momentum, to_keras_momentum
 from .norms import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm, RMSNorm
+from .sync import SyncBatchNorm, SyncBatchRenorm, convert_sync_batchnorm
 from .weightnorm import MeanOnlyBatchNorm, WeightNorm, data_dependent_init, weight_norm
 
 __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "BatchRenorm3d",
+    "GhostBatchNorm",
+    "FrozenBatchNorm",
+    "SyncBatchNorm",
+    "SyncBatchRenorm",
+    "convert_sync_batchnorm",
     "LayerNorm",
     "GroupNorm",
     "InstanceNorm1d",

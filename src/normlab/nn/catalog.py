@@ -146,6 +146,96 @@ ENTRIES = [
     ),
 ]
 
+RENORM = (
+    "`y = gamma * (x_hat * r + d) + beta`, x_hat as batch norm's, `r = clip(sigma_B / sigma, 1/rmax, rmax)`, "
+    "`d = clip((mean_B - mean) / sigma, -dmax, dmax)` constants in backward; `sigma_B = sqrt(var_B + eps)`, "
+    "`sigma = sqrt(running_var + eps)`, running statistics before the update"
+)
+RENORM_WHEN = (
+    "small or non-i.i.d. batches, where batch norm's training and inference outputs diverge; "
+    "plain batch norm for `warmup_steps`, then rmax, dmax relax linearly"
+)
+ENTRIES += [
+    Entry(
+        "BatchRenorm1d",
+        RENORM,
+        "per channel C, over N (and L); r, d against the running statistics",
+        "running mean and variance (an affine map per channel), as batch norm",
+        RENORM_WHEN,
+        "Ioffe 2017",
+        args=(3,),
+        example=(16, 3, 5),
+        axes=(0, 2),
+    ),
+    Entry(
+        "BatchRenorm2d",
+        RENORM,
+        "per channel C, over N, H, W; r, d against the running statistics",
+        "running mean and variance (an affine map per channel), as batch norm",
+        RENORM_WHEN,
+        "Ioffe 2017",
+        args=(3,),
+        example=(8, 3, 4, 4),
+        axes=(0, 2, 3),
+    ),
+    Entry(
+        "BatchRenorm3d",
+        RENORM,
+        "per channel C, over N, D, H, W; r, d against the running statistics",
+        "running mean and variance (an affine map per channel), as batch norm",
+        RENORM_WHEN,
+        "Ioffe 2017",
+        args=(3,),
+        example=(4, 3, 2, 3, 3),
+        axes=(0, 2, 3, 4),
+    ),
+    Entry(
+        "GhostBatchNorm",
+        "`y_k = gamma * (x_k - mean_k) / sqrt(var_k + eps) + beta` for each virtual batch `x_k` of "
+        "`virtual_batch_size` samples (default 32; the last may be smaller); running statistics updated per virtual batch",
+        "per channel C, over each virtual batch of N (and the axes after C)",
+        "running mean and variance (an affine map per channel), as batch norm",
+        "large-batch training: keeps the statistics noise of small batches, which narrows the generalization gap",
+        "Hoffer, Hubara & Soudry 2017",
+        args=(3,),
+        example=(64, 3, 2),
+        view=(2, 32, 3, 2),
+        axes=(1, 3),
+    ),
+    Entry(
+        "FrozenBatchNorm",
+        "`y = weight * (x - running_mean) / sqrt(running_var + eps) + bias`, all four fixed buffers",
+        "none: fixed statistics (loaded, or frozen from a batch norm by `freeze_batchnorm`)",
+        "the same fixed affine map per channel, in training too",
+        "fine-tuning with batches too small for batch statistics (detection backbones)",
+        "torchvision's FrozenBatchNorm2d",
+        args=(3,),
+        example=(4, 3, 2, 2),
+    ),
+    Entry(
+        "SyncBatchNorm",
+        BN,
+        "per channel C, over N and the axes after C of the batches of every rank in the process group",
+        "running mean and variance (an affine map per channel), no communication",
+        "data-parallel training with few samples per device (detection, segmentation)",
+        "Peng et al. 2018 (MegDet); torch.nn.SyncBatchNorm",
+        args=(3,),
+        example=(8, 3, 4, 4),
+        axes=(0, 2, 3),
+    ),
+    Entry(
+        "SyncBatchRenorm",
+        RENORM,
+        "per channel C, over N and the axes after C of the batches of every rank; r, d against the running statistics",
+        "running mean and variance (an affine map per channel), no communication",
+        "batch renormalization in data-parallel training",
+        "Ioffe 2017; Peng et al. 2018",
+        args=(3,),
+        example=(8, 3, 4, 4),
+        axes=(0, 2, 3),
+    ),
+]
+
 
 def render() -> str:
     """The Markdown page listing every entry."""

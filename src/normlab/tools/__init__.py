@@ -2,6 +2,7 @@
 
 from .convert import convert, counterparts
 from .doctor import Finding, doctor
+from .freeze import freeze_batchnorm
 from .fold import ChannelAffine, FoldResult, fold_batchnorm
 from .precise import adapt_batchnorm, precise_batchnorm
 from .summary import Summary, count_parameters, summary
@@ -17,6 +18,7 @@ __all__ = [
     "counterparts",
     "doctor",
     "fold_batchnorm",
+    "freeze_batchnorm",
     "precise_batchnorm",
     "summary",
 ]

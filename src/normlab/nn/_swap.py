@@ -1,0 +1,32 @@
+"""Replace submodules of a model in place: the one tree walk behind the model-wide conversions
+(``convert_sync_batchnorm``, ``freeze_batchnorm``)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+
+def replace_modules(model: nn.Module, convert: Callable[[nn.Module], nn.Module | None]) -> nn.Module:
+    """Put ``convert(m)`` in place of every submodule ``m`` for which it is not None; returns the root.
+
+    Modules ``convert`` returns are not descended into. A module that appears at several
+    places (shared weights) is converted once and the replacement shared the same way.
+    The root itself may be replaced, hence the return value.
+    """
+    done: dict[int, nn.Module] = {}
+
+    def visit(module: nn.Module) -> nn.Module:
+        if id(module) not in done:
+            replacement = convert(module)
+            if replacement is None:
+                replacement = module
+                for name, child in list(module.named_children()):
+                    new = visit(child)
+                    if new is not child:
+                        setattr(module, name, new)
+            done[id(module)] = replacement
+        return done[id(module)]
+
+    return visit(model)
