@@ -119,8 +119,8 @@ def _params(weight, bias, cols, cmask, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.co
 
 @triton.jit
 def _finish_statistics(mean, var, M, eps, momentum, cols, smask, mean_out, rstd_out,
-                       running_mean, running_var, HAS_RUNNING: tl.constexpr):
-    """rstd from the biased var; store mean, rstd; running = (1 - momentum) running + momentum batch."""
+                       running_mean, running_var, new_running_mean, new_running_var, HAS_RUNNING: tl.constexpr):
+    """rstd from the biased var; store mean, rstd; new running = (1 - momentum) running + momentum batch."""
     rstd = 1 / tl.sqrt(var + eps)
     tl.store(mean_out + cols, mean, mask=smask)
     tl.store(rstd_out + cols, rstd, mask=smask)
@@ -128,8 +128,8 @@ def _finish_statistics(mean, var, M, eps, momentum, cols, smask, mean_out, rstd_
         rm = tl.load(running_mean + cols, mask=smask, other=0.0).to(mean.dtype)
         rv = tl.load(running_var + cols, mask=smask, other=0.0).to(mean.dtype)
         unbiased = var * (M / tl.maximum(M - 1, 1))
-        tl.store(running_mean + cols, rm + momentum * (mean - rm), mask=smask)
-        tl.store(running_var + cols, rv + momentum * (unbiased - rv), mask=smask)
+        tl.store(new_running_mean + cols, rm + momentum * (mean - rm), mask=smask)
+        tl.store(new_running_var + cols, rv + momentum * (unbiased - rv), mask=smask)
     return rstd
 
 
@@ -166,7 +166,7 @@ def _recompute(saved, dy, residual, offs, mask, mean, rstd, w, b, param,
 
 @triton.jit
 def _forward_on_chip(x, y, residual, weight, bias, mean_out, rstd_out, running_mean, running_var,
-                     M, C, S, stride_n, stride_s, stride_c, eps, momentum, param,
+                     new_running_mean, new_running_var, M, C, S, stride_n, stride_s, stride_c, eps, momentum, param,
                      HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                      HAS_RUNNING: tl.constexpr, EVENLY: tl.constexpr, ACTIVATION: tl.constexpr,
                      ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -181,7 +181,7 @@ def _forward_on_chip(x, y, residual, weight, bias, mean_out, rstd_out, running_m
     x_c = tl.where(mask, xv - mean[None, :], 0.0)
     var = tl.sum(x_c * x_c, 0) / M
     rstd = _finish_statistics(mean, var, M, eps, momentum, cols, cmask, mean_out, rstd_out,
-                              running_mean, running_var, HAS_RUNNING)
+                              running_mean, running_var, new_running_mean, new_running_var, HAS_RUNNING)
     w, b = _params(weight, bias, cols, cmask, HAS_WEIGHT, HAS_BIAS, ACC)
     _normalize_store(x_c * rstd[None, :], w, b, y, residual, offs, mask, param, HAS_RESIDUAL, ACTIVATION)
 
@@ -217,7 +217,7 @@ def _forward_partial_statistics(x, mean_part, m2_part, M, C, S, stride_n, stride
 
 @triton.jit
 def _forward_apply(x, y, residual, weight, bias, mean_out, rstd_out, running_mean, running_var,
-                   mean_part, m2_part, M, C, S, stride_n, stride_s, stride_c, CHUNK, N_CHUNKS,
+                   new_running_mean, new_running_var, mean_part, m2_part, M, C, S, stride_n, stride_s, stride_c, CHUNK, N_CHUNKS,
                    eps, momentum, param,
                    TRAINING: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
                    HAS_RESIDUAL: tl.constexpr, HAS_RUNNING: tl.constexpr, EVENLY: tl.constexpr,
@@ -243,12 +243,12 @@ def _forward_apply(x, y, residual, weight, bias, mean_out, rstd_out, running_mea
         m2 = tl.sum(tl.load(m2_part + k[:, None] * C + cols[None, :], mask=kmask, other=0.0), 0)
         var = (m2 + tl.sum(n_k * dev * dev, 0)) / M
         rstd = _finish_statistics(mean, var, M, eps, momentum, cols, smask, mean_out, rstd_out,
-                                  running_mean, running_var, HAS_RUNNING)
+                                  running_mean, running_var, new_running_mean, new_running_var, HAS_RUNNING)
     else:
         mean = tl.load(running_mean + cols, mask=cmask, other=0.0).to(ACC)
         var = tl.load(running_var + cols, mask=cmask, other=1.0).to(ACC)
         rstd = _finish_statistics(mean, var, M, eps, momentum, cols, smask, mean_out, rstd_out,
-                                  running_mean, running_var, False)
+                                  running_mean, running_var, running_mean, running_var, False)
     w, b = _params(weight, bias, cols, cmask, HAS_WEIGHT, HAS_BIAS, ACC)
     lo = chunk * CHUNK
     hi = tl.minimum(lo + CHUNK, M)
@@ -459,11 +459,14 @@ def _check(x: torch.Tensor, activation: str):
 
 
 def forward(x, weight, bias, residual, running_mean, running_var, training: bool, momentum: float,
-            eps: float, activation: str = "identity", param: float = 0.0, plan_: Plan | None = None):
+            eps: float, activation: str = "identity", param: float = 0.0, new_running=None,
+            plan_: Plan | None = None):
     """``y = act(batch_norm(x) + residual)``; returns ``(y, mean, rstd)`` (float32, float64 for float64 x).
 
-    Training uses the batch statistics and, when running_mean/var are given, updates them
-    in place; inference uses the running statistics (mean and rstd returned are theirs).
+    Training uses the batch statistics and, when running_mean/var are given, writes
+    their update into ``new_running`` (a pair of tensors like them; by default they
+    themselves, in place). Inference uses the running statistics, and mean and rstd
+    returned are theirs.
     """
     _check(x, activation)
     y = torch.empty_like(x)
@@ -487,7 +490,7 @@ def forward(x, weight, bias, residual, running_mean, running_var, training: bool
     )
     ptrs = (x, work, dummy if residual is None else residual, dummy if weight is None else weight,
             dummy if bias is None else bias, mean, rstd)
-    running = (running_mean, running_var) if has_running else (dummy, dummy)
+    running = (running_mean, running_var, *(new_running or (running_mean, running_var))) if has_running else (dummy,) * 4
     geometry = (M, C, S, stride_n, stride_s, x.stride(1))
     channel_blocks = triton.cdiv(C, p.block_c)
     if training and p.block_r >= M:
