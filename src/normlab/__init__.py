@@ -20,6 +20,7 @@ _EXPORTS = {
     "BatchNorm1d": "normlab.nn",
     "BatchNorm2d": "normlab.nn",
     "BatchNorm3d": "normlab.nn",
+    "BatchNormAct": "normlab.nn",
     "get_backend": "normlab.kernels",
     "set_backend": "normlab.kernels",
     "use_backend": "normlab.kernels",

@@ -27,9 +27,12 @@ Two ways to run a channel block, chosen by :func:`plan`:
   sums); a second kernel merges all chunks' partials (each program redundantly, which
   costs a few loads and saves a launch) and then does the element-wise pass.
 
-Statistics are accumulated in float32 (float64 for float64 inputs) and are stable: each
-tile's mean and squared deviations are taken exactly, and tiles and chunks are merged
-with Chan et al.'s pairwise formula, never with ``E[x^2] - E[x]^2``. The running
+Statistics are accumulated in float32 (float64 for float64 inputs) and are stable: as
+in ``normlab.autograd``, each channel's first value is subtracted before anything is
+summed (the shifted-data algorithm: exact for data of one magnitude, so a mean of 1e4
+costs no precision); each tile's mean and squared deviations are then taken exactly,
+and tiles and chunks are merged with Chan et al.'s formula, never with
+``E[x^2] - E[x]^2``. Training returns the mean of the shifted data, which backward uses. The running
 statistics are updated inside the kernel that finishes the statistics.
 
 In-place activated batch norm (``FROM_OUTPUT``, Rota Bulo et al. 2018) saves only the
@@ -118,9 +121,18 @@ def _params(weight, bias, cols, cmask, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.co
 
 
 @triton.jit
-def _finish_statistics(mean, var, M, eps, momentum, cols, smask, mean_out, rstd_out,
+def _shift(x, cols, cmask, stride_c, SHIFTED: tl.constexpr, ACC: tl.constexpr):
+    """The shifted-data algorithm's shift: each channel's first value (row 0), or 0."""
+    shift = tl.zeros(cols.shape, ACC)
+    if SHIFTED:
+        shift = tl.load(x + cols * stride_c, mask=cmask, other=0.0).to(ACC)
+    return shift
+
+
+@triton.jit
+def _finish_statistics(shift, mean, var, M, eps, momentum, cols, smask, mean_out, rstd_out,
                        running_mean, running_var, new_running_mean, new_running_var, HAS_RUNNING: tl.constexpr):
-    """rstd from the biased var; store mean, rstd; new running = (1 - momentum) running + momentum batch."""
+    """rstd from the biased var; store mean (of x - shift), rstd; new running = running + momentum (batch - running)."""
     rstd = 1 / tl.sqrt(var + eps)
     tl.store(mean_out + cols, mean, mask=smask)
     tl.store(rstd_out + cols, rstd, mask=smask)
@@ -128,7 +140,7 @@ def _finish_statistics(mean, var, M, eps, momentum, cols, smask, mean_out, rstd_
         rm = tl.load(running_mean + cols, mask=smask, other=0.0).to(mean.dtype)
         rv = tl.load(running_var + cols, mask=smask, other=0.0).to(mean.dtype)
         unbiased = var * (M / tl.maximum(M - 1, 1))
-        tl.store(new_running_mean + cols, rm + momentum * (mean - rm), mask=smask)
+        tl.store(new_running_mean + cols, rm + momentum * (shift + mean - rm), mask=smask)
         tl.store(new_running_var + cols, rv + momentum * (unbiased - rv), mask=smask)
     return rstd
 
@@ -143,7 +155,7 @@ def _normalize_store(x_hat, w, b, y, residual, offs, mask, param,
 
 
 @triton.jit
-def _recompute(saved, dy, residual, offs, mask, mean, rstd, w, b, param,
+def _recompute(saved, dy, residual, offs, mask, shift, mean, rstd, w, b, param,
                HAS_RESIDUAL: tl.constexpr, FROM_OUTPUT: tl.constexpr, ACTIVATION: tl.constexpr,
                ACC: tl.constexpr):
     """(x_hat, dz) of a tile, from the saved input x (and r) or, with FROM_OUTPUT, from y alone."""
@@ -153,7 +165,7 @@ def _recompute(saved, dy, residual, offs, mask, mean, rstd, w, b, param,
         z = _invert(s, param, ACTIVATION)
         x_hat = (z - b[None, :]) / w[None, :]
     else:
-        x_hat = (s - mean[None, :]) * rstd[None, :]
+        x_hat = (s - shift[None, :] - mean[None, :]) * rstd[None, :]
         z = x_hat * w[None, :] + b[None, :]
         if HAS_RESIDUAL:
             z += tl.load(residual + offs, mask=mask, other=0.0).to(ACC)
@@ -176,11 +188,12 @@ def _forward_on_chip(x, y, residual, weight, bias, mean_out, rstd_out, running_m
     cmask = cols < C
     mask = (rows < M)[:, None] & cmask[None, :]
     offs = _offsets(rows, cols, S, stride_n, stride_s, stride_c, EVENLY)
-    xv = tl.load(x + offs, mask=mask, other=0.0).to(ACC)
+    shift = _shift(x, cols, cmask, stride_c, True, ACC)
+    xv = tl.where(mask, tl.load(x + offs, mask=mask, other=0.0).to(ACC) - shift[None, :], 0.0)
     mean = tl.sum(xv, 0) / M
     x_c = tl.where(mask, xv - mean[None, :], 0.0)
     var = tl.sum(x_c * x_c, 0) / M
-    rstd = _finish_statistics(mean, var, M, eps, momentum, cols, cmask, mean_out, rstd_out,
+    rstd = _finish_statistics(shift, mean, var, M, eps, momentum, cols, cmask, mean_out, rstd_out,
                               running_mean, running_var, new_running_mean, new_running_var, HAS_RUNNING)
     w, b = _params(weight, bias, cols, cmask, HAS_WEIGHT, HAS_BIAS, ACC)
     _normalize_store(x_c * rstd[None, :], w, b, y, residual, offs, mask, param, HAS_RESIDUAL, ACTIVATION)
@@ -190,19 +203,20 @@ def _forward_on_chip(x, y, residual, weight, bias, mean_out, rstd_out, running_m
 def _forward_partial_statistics(x, mean_part, m2_part, M, C, S, stride_n, stride_s, stride_c, CHUNK,
                                 EVENLY: tl.constexpr, ACC: tl.constexpr,
                                 BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Mean and sum of squared deviations of one chunk of rows, merged tile by tile (Chan)."""
+    """Mean of x - shift and sum of squared deviations over one chunk of rows, merged tile by tile (Chan)."""
     chunk = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     lo = chunk * CHUNK
     hi = tl.minimum(lo + CHUNK, M)
+    shift = _shift(x, cols, cmask, stride_c, True, ACC)
     mean = tl.zeros([BLOCK_C], ACC)
     m2 = tl.zeros([BLOCK_C], ACC)
     for start in range(lo, hi, BLOCK_R):
         rows = start + tl.arange(0, BLOCK_R)
         mask = (rows < hi)[:, None] & cmask[None, :]
         xv = tl.load(x + _offsets(rows, cols, S, stride_n, stride_s, stride_c, EVENLY), mask=mask, other=0.0)
-        xv = xv.to(ACC)
+        xv = tl.where(mask, xv.to(ACC) - shift[None, :], 0.0)
         n_seen = (start - lo).to(ACC)
         n_tile = (tl.minimum(start + BLOCK_R, hi) - start).to(ACC)
         tile_mean = tl.sum(xv, 0) / n_tile
@@ -242,12 +256,14 @@ def _forward_apply(x, y, residual, weight, bias, mean_out, rstd_out, running_mea
         dev = tl.where(kmask, mean_k - mean[None, :], 0.0)
         m2 = tl.sum(tl.load(m2_part + k[:, None] * C + cols[None, :], mask=kmask, other=0.0), 0)
         var = (m2 + tl.sum(n_k * dev * dev, 0)) / M
-        rstd = _finish_statistics(mean, var, M, eps, momentum, cols, smask, mean_out, rstd_out,
+        shift = _shift(x, cols, cmask, stride_c, True, ACC)
+        rstd = _finish_statistics(shift, mean, var, M, eps, momentum, cols, smask, mean_out, rstd_out,
                                   running_mean, running_var, new_running_mean, new_running_var, HAS_RUNNING)
     else:
         mean = tl.load(running_mean + cols, mask=cmask, other=0.0).to(ACC)
         var = tl.load(running_var + cols, mask=cmask, other=1.0).to(ACC)
-        rstd = _finish_statistics(mean, var, M, eps, momentum, cols, smask, mean_out, rstd_out,
+        shift = tl.zeros([BLOCK_C], ACC)
+        rstd = _finish_statistics(shift, mean, var, M, eps, momentum, cols, smask, mean_out, rstd_out,
                                   running_mean, running_var, running_mean, running_var, False)
     w, b = _params(weight, bias, cols, cmask, HAS_WEIGHT, HAS_BIAS, ACC)
     lo = chunk * CHUNK
@@ -257,7 +273,7 @@ def _forward_apply(x, y, residual, weight, bias, mean_out, rstd_out, running_mea
         mask = (rows < hi)[:, None] & cmask[None, :]
         offs = _offsets(rows, cols, S, stride_n, stride_s, stride_c, EVENLY)
         xv = tl.load(x + offs, mask=mask, other=0.0).to(ACC)
-        x_hat = (xv - mean[None, :]) * rstd[None, :]
+        x_hat = (xv - shift[None, :] - mean[None, :]) * rstd[None, :]
         _normalize_store(x_hat, w, b, y, residual, offs, mask, param, HAS_RESIDUAL, ACTIVATION)
 
 
@@ -269,7 +285,8 @@ def _backward_on_chip(dy, saved, residual, weight, bias, mean, rstd, dx, dres, d
                       M, C, S, stride_n, stride_s, stride_c, param,
                       TRAINING: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
                       HAS_RESIDUAL: tl.constexpr, RESIDUAL_GRAD: tl.constexpr,
-                      FROM_OUTPUT: tl.constexpr, EVENLY: tl.constexpr, ACTIVATION: tl.constexpr,
+                      FROM_OUTPUT: tl.constexpr, SHIFTED: tl.constexpr, EVENLY: tl.constexpr,
+                      ACTIVATION: tl.constexpr,
                       ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """Backward of one channel block whose M rows fit one tile: the saved tensor and dy are read once."""
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -277,10 +294,11 @@ def _backward_on_chip(dy, saved, residual, weight, bias, mean, rstd, dx, dres, d
     cmask = cols < C
     mask = (rows < M)[:, None] & cmask[None, :]
     offs = _offsets(rows, cols, S, stride_n, stride_s, stride_c, EVENLY)
+    shift = _shift(saved, cols, cmask, stride_c, SHIFTED, ACC)
     mu = tl.load(mean + cols, mask=cmask, other=0.0)
     r = tl.load(rstd + cols, mask=cmask, other=1.0)
     w, b = _params(weight, bias, cols, cmask, HAS_WEIGHT, HAS_BIAS, ACC)
-    x_hat, dz = _recompute(saved, dy, residual, offs, mask, mu, r, w, b, param,
+    x_hat, dz = _recompute(saved, dy, residual, offs, mask, shift, mu, r, w, b, param,
                            HAS_RESIDUAL, FROM_OUTPUT, ACTIVATION, ACC)
     sum_dz = tl.sum(dz, 0)
     sum_dz_xhat = tl.sum(dz * x_hat, 0)
@@ -298,12 +316,14 @@ def _backward_on_chip(dy, saved, residual, weight, bias, mean, rstd, dx, dres, d
 def _backward_partial_sums(dy, saved, residual, weight, bias, mean, rstd, dz_part, dzx_part,
                            M, C, S, stride_n, stride_s, stride_c, CHUNK, param,
                            HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                           FROM_OUTPUT: tl.constexpr, EVENLY: tl.constexpr, ACTIVATION: tl.constexpr,
+                           FROM_OUTPUT: tl.constexpr, SHIFTED: tl.constexpr, EVENLY: tl.constexpr,
+                           ACTIVATION: tl.constexpr,
                            ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """sum(dz) and sum(dz * x_hat) over one chunk of rows."""
     chunk = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
+    shift = _shift(saved, cols, cmask, stride_c, SHIFTED, ACC)
     mu = tl.load(mean + cols, mask=cmask, other=0.0)
     r = tl.load(rstd + cols, mask=cmask, other=1.0)
     w, b = _params(weight, bias, cols, cmask, HAS_WEIGHT, HAS_BIAS, ACC)
@@ -315,7 +335,7 @@ def _backward_partial_sums(dy, saved, residual, weight, bias, mean, rstd, dz_par
         rows = start + tl.arange(0, BLOCK_R)
         mask = (rows < hi)[:, None] & cmask[None, :]
         offs = _offsets(rows, cols, S, stride_n, stride_s, stride_c, EVENLY)
-        x_hat, dz = _recompute(saved, dy, residual, offs, mask, mu, r, w, b, param,
+        x_hat, dz = _recompute(saved, dy, residual, offs, mask, shift, mu, r, w, b, param,
                                HAS_RESIDUAL, FROM_OUTPUT, ACTIVATION, ACC)
         sum_dz += tl.sum(dz, 0)
         sum_dz_xhat += tl.sum(dz * x_hat, 0)
@@ -328,7 +348,8 @@ def _backward_apply(dy, saved, residual, weight, bias, mean, rstd, dx, dres, dwe
                     dz_part, dzx_part, M, C, S, stride_n, stride_s, stride_c, CHUNK, N_CHUNKS, param,
                     TRAINING: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
                     HAS_RESIDUAL: tl.constexpr, RESIDUAL_GRAD: tl.constexpr,
-                    FROM_OUTPUT: tl.constexpr, EVENLY: tl.constexpr, ACTIVATION: tl.constexpr,
+                    FROM_OUTPUT: tl.constexpr, SHIFTED: tl.constexpr, EVENLY: tl.constexpr,
+                    ACTIVATION: tl.constexpr,
                     ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
                     CHUNKS_P2: tl.constexpr):
     """dx (and dz for the residual) over one chunk, after summing every chunk's partial sums."""
@@ -343,6 +364,7 @@ def _backward_apply(dy, saved, residual, weight, bias, mean, rstd, dx, dres, dwe
     smask = cmask & (cols * 0 + chunk == 0)
     tl.store(dweight + cols, sum_dz_xhat, mask=smask)
     tl.store(dbias + cols, sum_dz, mask=smask)
+    shift = _shift(saved, cols, cmask, stride_c, SHIFTED, ACC)
     mu = tl.load(mean + cols, mask=cmask, other=0.0)
     r = tl.load(rstd + cols, mask=cmask, other=1.0)
     w, b = _params(weight, bias, cols, cmask, HAS_WEIGHT, HAS_BIAS, ACC)
@@ -353,7 +375,7 @@ def _backward_apply(dy, saved, residual, weight, bias, mean, rstd, dx, dres, dwe
         rows = start + tl.arange(0, BLOCK_R)
         mask = (rows < hi)[:, None] & cmask[None, :]
         offs = _offsets(rows, cols, S, stride_n, stride_s, stride_c, EVENLY)
-        x_hat, dz = _recompute(saved, dy, residual, offs, mask, mu, r, w, b, param,
+        x_hat, dz = _recompute(saved, dy, residual, offs, mask, shift, mu, r, w, b, param,
                                HAS_RESIDUAL, FROM_OUTPUT, ACTIVATION, ACC)
         g = dz
         if TRAINING:
@@ -389,20 +411,21 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def _programs_wanted(device: torch.device) -> int:
+def programs_wanted(device: torch.device) -> int:
+    """About four programs per multiprocessor (the interpreter: a few)."""
     if device.type == "cuda":
         return 4 * torch.cuda.get_device_properties(device).multi_processor_count
     return 4
 
 
-def plan(M: int, C: int, channels_contiguous: bool, device: torch.device) -> Plan:
+def plan(M: int, C: int, channels_contiguous: bool, programs: int) -> Plan:
     """Tile shape and chunking for an (M, C) problem.
 
     Channels-last memory puts a channel block side by side, so tiles take up to 32
     channels (coalesced loads along C); channels-first memory has each channel's rows
     contiguous, so tiles take one channel and many rows. A channel block goes on chip
     when its M rows fit :data:`ON_CHIP` elements; otherwise its rows are split into
-    chunks, enough of them that the grid has about four programs per multiprocessor.
+    chunks, enough of them that the grid has about ``programs`` programs.
     """
     block_c = min(_pow2(C), 32) if channels_contiguous else 1
     if _pow2(M) * block_c <= ON_CHIP:
@@ -411,7 +434,7 @@ def plan(M: int, C: int, channels_contiguous: bool, device: torch.device) -> Pla
     block_r = TILE // block_c
     tiles = -(-M // block_r)
     channel_blocks = -(-C // block_c)
-    chunks = min(tiles, MAX_CHUNKS, max(1, -(-_programs_wanted(device) // channel_blocks)))
+    chunks = min(tiles, MAX_CHUNKS, max(1, -(-programs // channel_blocks)))
     return Plan(block_r, block_c, -(-tiles // chunks) * block_r)
 
 
@@ -465,8 +488,9 @@ def forward(x, weight, bias, residual, running_mean, running_var, training: bool
 
     Training uses the batch statistics and, when running_mean/var are given, writes
     their update into ``new_running`` (a pair of tensors like them; by default they
-    themselves, in place). Inference uses the running statistics, and mean and rstd
-    returned are theirs.
+    themselves, in place); ``mean`` is then the mean of ``x - x[first row]`` (the
+    shifted-data algorithm; :func:`backward` takes it as it is). Inference uses the
+    running statistics, and mean and rstd returned are theirs.
     """
     _check(x, activation)
     y = torch.empty_like(x)
@@ -481,7 +505,7 @@ def forward(x, weight, bias, residual, running_mean, running_var, training: bool
     ACC, acc = _acc(x.dtype)
     mean = torch.empty(C, device=x.device, dtype=acc)
     rstd = torch.empty_like(mean)
-    p = plan_ or plan(M, C, x.stride(1) == 1, x.device)
+    p = plan_ or plan(M, C, x.stride(1) == 1, programs_wanted(x.device))
     dummy = mean  # stands in for absent optional pointers; never read
     common = dict(
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
@@ -544,13 +568,13 @@ def backward(dy, saved, weight, bias, residual, mean, rstd, training: bool, acti
     dbias = torch.empty(C, device=saved.device, dtype=bias.dtype if bias is not None else pdtype)
     dres = torch.empty_like(dx) if residual_grad else dx.new_empty(0)
     dres_work = dres if work is dx or not residual_grad else torch.empty_like(work)
-    p = plan_ or plan(M, C, saved.stride(1) == 1, saved.device)
+    p = plan_ or plan(M, C, saved.stride(1) == 1, programs_wanted(saved.device))
     dummy = mean
     ptrs = (dy, saved, dummy if residual is None else residual, dummy if weight is None else weight,
             dummy if bias is None else bias, mean, rstd)
     common = dict(
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
-        FROM_OUTPUT=from_output, EVENLY=evenly, ACTIVATION=activation, ACC=ACC,
+        FROM_OUTPUT=from_output, SHIFTED=training and not from_output, EVENLY=evenly, ACTIVATION=activation, ACC=ACC,
         BLOCK_R=p.block_r, BLOCK_C=p.block_c, num_warps=p.num_warps,
     )
     geometry = (M, C, S, stride_n, stride_s, saved.stride(1))

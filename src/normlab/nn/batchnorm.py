@@ -38,6 +38,10 @@ class _BatchNorm(NormBase):
     check_finite: bool = True
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._normalize(input, functional.batch_norm)
+
+    def _normalize(self, input: torch.Tensor, batch_norm) -> torch.Tensor:
+        """The forward pass, with ``batch_norm`` (``functional.batch_norm``'s signature) doing the math."""
         self._check_input(input)
         # Batch statistics in training, and in eval when there are no running ones.
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
@@ -60,7 +64,7 @@ class _BatchNorm(NormBase):
         )
         if guard:
             before = torch.cat((running_mean, running_var))
-        y = functional.batch_norm(
+        y = batch_norm(
             input, running_mean, running_var, self.weight, self.bias, use_batch_stats, momentum, self.eps
         )
         if guard:
