@@ -53,7 +53,7 @@ def _invert(y: torch.Tensor, name: str, param: float):
         return y, torch.ones_like(y)
     positive = y > 0
     if name == "leaky_relu":
-        return torch.where(positive, y, y / param), torch.where(positive, 1.0, param).to(y.dtype)
+        return torch.where(positive, y, y / param), torch.full_like(y, param).masked_fill_(positive, 1.0)
     # elu: y = alpha * (exp(z) - 1) below 0, so z = log1p(y / alpha) and act' = y + alpha;
     # the clamp keeps a y rounded onto -alpha off log(0)
     z = torch.log1p((y.clamp(max=0) / param).clamp(min=-1 + torch.finfo(y.dtype).eps))

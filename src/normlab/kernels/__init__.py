@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import importlib.util
 
 import torch
@@ -107,15 +106,21 @@ def triton_is_faster(op: str, x: torch.Tensor) -> bool:
     return smallest is not None and x.numel() >= smallest
 
 
-@functools.cache
-def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+def _installed(name: str) -> bool:
+    """Whether ``name`` can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # ValueError: blocked with sys.modules[name] = None
+        return False
+
+
+_TRITON_INSTALLED = _installed("triton")
 
 
 def _triton_runs_on(x: torch.Tensor) -> bool:
     if not (2 <= x.dim() <= 5 and 0 < x.numel() < 2**31 and x.is_floating_point()):
         return False
-    if not _triton_installed():
+    if not _TRITON_INSTALLED:
         return False
     if x.is_cuda:
         return True
