@@ -168,8 +168,9 @@ def measure(case: Case, dtype, train: bool, device, compile_: bool) -> dict[str,
         time("compile", torch.compile(torch_bn(case, device)))
     time("fused", normlab_bn(case.shape[1], len(case.shape), device, activation="relu"), "triton")
     time("torch_bn_relu", torch.nn.Sequential(torch_bn(case, device), torch.nn.ReLU()))
-    time("abn", normlab_bn(case.shape[1], len(case.shape), device, activation="leaky_relu", inplace_abn=True), "triton")
-    time("abn_fallback", normlab_bn(case.shape[1], len(case.shape), device, activation="leaky_relu", inplace_abn=True), "normlab")
+    abn = dict(activation="leaky_relu", inplace_abn=True)
+    time("abn", normlab_bn(case.shape[1], len(case.shape), device, **abn), "triton")
+    time("abn_fallback", normlab_bn(case.shape[1], len(case.shape), device, **abn), "normlab")
     time("torch_bn_leaky", torch.nn.Sequential(torch_bn(case, device), torch.nn.LeakyReLU(0.01)))
     return times
 

@@ -218,7 +218,9 @@ def activation_inverse(y, name: str, param: float = 0.0):
         return np.where(y > 0, y, y / param)
     if name == "elu":
         return np.where(y > 0, y, np.log1p(np.minimum(y, 0.0) / param))
-    raise ValueError(f"activation {name!r} is not invertible; in-place activated batch norm needs identity, leaky_relu or elu")
+    raise ValueError(
+        f"activation {name!r} is not invertible; in-place activated batch norm needs identity, leaky_relu or elu"
+    )
 
 
 def batch_norm_act_train(x, weight=None, bias=None, eps: float = 1e-5, name: str = "identity",

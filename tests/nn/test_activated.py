@@ -80,7 +80,8 @@ def test_bad_configuration_and_input_name_the_layer():
     bn = normlab.BatchNormAct(3)
     with pytest.raises(ValueError, match=r"BatchNormAct\(3\): expected 3 channels in dim 1 .* got 4"):
         bn(torch.randn(2, 4, 5))
-    with pytest.raises(ValueError, match=r"BatchNormAct\(3\): expected a residual of the input's shape \(2, 3, 5\), got \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"BatchNormAct\(3\): expected a residual of the input's shape "
+                                         r"\(2, 3, 5\), got \(2, 3\)"):
         bn(torch.randn(2, 3, 5), residual=torch.randn(2, 3))
     with pytest.raises(ValueError, match=r"BatchNormAct\(3\): in-place activated batch norm takes no residual"):
         normlab.BatchNormAct(3, "identity", inplace_abn=True)(torch.randn(2, 3), residual=torch.randn(2, 3))

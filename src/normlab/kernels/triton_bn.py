@@ -32,8 +32,8 @@ in ``normlab.autograd``, each channel's first value is subtracted before anythin
 summed (the shifted-data algorithm: exact for data of one magnitude, so a mean of 1e4
 costs no precision); each tile's mean and squared deviations are then taken exactly,
 and tiles and chunks are merged with Chan et al.'s formula, never with
-``E[x^2] - E[x]^2``. Training returns the mean of the shifted data, which backward uses. The running
-statistics are updated inside the kernel that finishes the statistics.
+``E[x^2] - E[x]^2``. Training returns the mean of the shifted data, which backward
+uses. The running statistics are updated inside the kernel that finishes the statistics.
 
 In-place activated batch norm (``FROM_OUTPUT``, Rota Bulo et al. 2018) saves only the
 output y: backward inverts the activation (identity, leaky ReLU, ELU) to get z, then
@@ -231,7 +231,8 @@ def _forward_partial_statistics(x, mean_part, m2_part, M, C, S, stride_n, stride
 
 @triton.jit
 def _forward_apply(x, y, residual, weight, bias, mean_out, rstd_out, running_mean, running_var,
-                   new_running_mean, new_running_var, mean_part, m2_part, M, C, S, stride_n, stride_s, stride_c, CHUNK, N_CHUNKS,
+                   new_running_mean, new_running_var, mean_part, m2_part,
+                   M, C, S, stride_n, stride_s, stride_c, CHUNK, N_CHUNKS,
                    eps, momentum, param,
                    TRAINING: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
                    HAS_RESIDUAL: tl.constexpr, HAS_RUNNING: tl.constexpr, EVENLY: tl.constexpr,
@@ -514,7 +515,9 @@ def forward(x, weight, bias, residual, running_mean, running_var, training: bool
     )
     ptrs = (x, work, dummy if residual is None else residual, dummy if weight is None else weight,
             dummy if bias is None else bias, mean, rstd)
-    running = (running_mean, running_var, *(new_running or (running_mean, running_var))) if has_running else (dummy,) * 4
+    running = (dummy,) * 4
+    if has_running:
+        running = (running_mean, running_var, *(new_running or (running_mean, running_var)))
     geometry = (M, C, S, stride_n, stride_s, x.stride(1))
     channel_blocks = triton.cdiv(C, p.block_c)
     if training and p.block_r >= M:
@@ -555,7 +558,9 @@ def backward(dy, saved, weight, bias, residual, mean, rstd, training: bool, acti
     """
     _check(saved, activation)
     if from_output and (activation not in INVERTIBLE or residual is not None):
-        raise ValueError("triton batch norm: recomputing from the output needs an invertible activation and no residual")
+        raise ValueError(
+            "triton batch norm: recomputing from the output needs an invertible activation and no residual"
+        )
     dx = torch.empty_like(saved)
     work = _work(dx)
     saved, dy, residual = (_in_layout(t, work) for t in (saved, dy, residual))
@@ -574,8 +579,8 @@ def backward(dy, saved, weight, bias, residual, mean, rstd, training: bool, acti
             dummy if bias is None else bias, mean, rstd)
     common = dict(
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
-        FROM_OUTPUT=from_output, SHIFTED=training and not from_output, EVENLY=evenly, ACTIVATION=activation, ACC=ACC,
-        BLOCK_R=p.block_r, BLOCK_C=p.block_c, num_warps=p.num_warps,
+        FROM_OUTPUT=from_output, SHIFTED=training and not from_output, EVENLY=evenly,
+        ACTIVATION=activation, ACC=ACC, BLOCK_R=p.block_r, BLOCK_C=p.block_c, num_warps=p.num_warps,
     )
     geometry = (M, C, S, stride_n, stride_s, saved.stride(1))
     channel_blocks = triton.cdiv(C, p.block_c)

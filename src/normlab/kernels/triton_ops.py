@@ -18,7 +18,7 @@ are given, as torch's batch norm does: a float16 x with float32 parameters gives
 float16 y, statistics in float32. Double backward is not supported on this path.
 """
 
-from __future__ import annotations
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -35,11 +35,11 @@ def _acc(x: Tensor) -> torch.dtype:
 @torch.library.custom_op("normlab::batch_norm_act", mutates_args=())
 def _forward(
     x: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    residual: Tensor | None,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    residual: Optional[Tensor],
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
     training: bool,
     momentum: float,
     eps: float,
@@ -69,9 +69,9 @@ def _(x, weight, bias, residual, running_mean, running_var, training, momentum, 
 def _backward(
     dy: Tensor,
     saved: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    residual: Tensor | None,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    residual: Optional[Tensor],
     mean: Tensor,
     rstd: Tensor,
     training: bool,
