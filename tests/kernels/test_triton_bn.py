@@ -9,6 +9,8 @@ path, partial statistics merged with Chan's formula).
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from triton_cases import DEVICE, PARAM, TOL, make, reference, skip_unless_kernels_run
 
@@ -183,3 +185,16 @@ def test_bad_arguments():
         triton_bn.forward(x, w, b, None, None, None, False, 0.1, 1e-5)
     with pytest.raises(ValueError, match="invertible activation"):
         triton_bn.backward(dy, x, w, b, None, w, w, True, "relu", 0.0, from_output=True)
+
+
+@settings(max_examples=12)
+@given(
+    n=st.integers(2, 5), c=st.integers(1, 5), h=st.integers(1, 4), w=st.integers(1, 4),
+    channels_last=st.booleans(), activation=st.sampled_from(triton_bn.ACTIVATIONS), residual=st.booleans(),
+    split=st.booleans(), seed=st.integers(0, 2**16),
+)
+def test_property_matches_the_reference(n, c, h, w, channels_last, activation, residual, split, seed):
+    x, wt, b, dy = make((n, c, h, w), torch.float64, channels_last, DEVICE, seed=seed, offset=0.5)
+    r = make((n, c, h, w), torch.float64, channels_last, DEVICE, seed=seed + 1)[0] if residual else None
+    plan = triton_bn.Plan(block_r=4, block_c=2, chunk=8) if split else None
+    check(run(x, wt, b, dy, activation, r, plan=plan), x, dy, b, activation, r, tol=1e-8)
