@@ -42,6 +42,7 @@ _EXPORTS = {
     "SyncBatchRenorm": "normlab.nn",
     "convert_sync_batchnorm": "normlab.nn",
     "freeze_batchnorm": "normlab.tools",
+    "BatchNormAct": "normlab.nn",
     "get_backend": "normlab.kernels",
     "set_backend": "normlab.kernels",
     "use_backend": "normlab.kernels",

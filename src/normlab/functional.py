@@ -10,6 +10,10 @@ The batch-norm family shares one training step, :func:`batch_normalize`: given h
 the batch statistics are taken (a :class:`normlab.autograd.Statistics`: over the
 batch, over its unpadded positions, or across processes), it normalizes, applies
 batch renormalization's correction when asked, and updates the running statistics.
+
+:func:`batch_norm_act` is batch norm followed by an activation (after an optional residual
+add): the same step with an epilogue, fused into one kernel on the Triton backend, or
+in-place activated batch norm (:class:`normlab.activation.InPlaceABN`).
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from . import kernels
+from .activation import ACTIVATIONS, DEFAULT_PARAM, INVERTIBLE, Activation, InPlaceABN
 from .autograd import Normalize, Statistics, accumulation_dtype, affine, centered
 
 __all__ = [
     "batch_norm",
+    "batch_norm_act",
+    "batch_norm_inference",
     "batch_normalize",
     "batch_renorm",
     "ghost_batch_norm",
@@ -109,16 +116,45 @@ def _check_eps(eps: float, training: bool, name: str) -> None:
         raise ValueError(f"{name}: eps must be positive, got {eps}")
 
 
-def _normalize_with(input, mean, var, weight, bias, eps) -> torch.Tensor:
-    """``weight * (x - mean) / sqrt(var + eps) + bias`` with given per-channel statistics (inference)."""
+def _backend(input: torch.Tensor, act: Activation | None) -> str:
+    """Which backend runs a batch-norm step, followed by ``act`` if given.
+
+    A fused operation goes to Triton when that is chosen for it; in-place ABN otherwise
+    runs normlab's :class:`InPlaceABN`; batch norm + activation otherwise runs whatever
+    runs batch norm, then the activation.
+    """
+    if act is not None:
+        fused = kernels.choose(act.op, input)
+        if fused == "triton" or act.inplace_abn:
+            return fused
+    return kernels.choose("batch_norm", input)
+
+
+def _triton(input, running_mean, running_var, weight, bias, training, momentum, eps, act) -> torch.Tensor:
+    """The Triton kernels (``normlab.kernels.triton_ops``), for the steps that chose them."""
+    from .kernels import triton_ops
+
+    act = act or Activation()
+    return triton_ops.batch_norm_act(input, weight, bias, act.residual, running_mean, running_var, training,
+                                     momentum, eps, act.name, act.param, act.inplace_abn)
+
+
+def batch_norm_inference(input, mean, var, weight, bias, eps, act: Activation | None = None) -> torch.Tensor:
+    """``weight * (x - mean) / sqrt(var + eps) + bias`` with given per-channel statistics, then ``act``."""
     if mean is None or var is None:
         raise ValueError("batch_norm: evaluation needs running_mean and running_var")
-    if kernels.choose("batch_norm", input) == "native":
-        return F.batch_norm(input, mean, var, weight, bias, False, 0.0, eps)
-    ndim = input.dim()
-    x = input.to(accumulation_dtype(input.dtype))
-    x_hat = (x - _per_channel(mean, ndim)) * _per_channel(torch.rsqrt(var + eps), ndim)
-    return affine(x_hat, _per_channel(weight, ndim), _per_channel(bias, ndim)).to(input.dtype)
+    weight = weight if act is None else act.scale(weight, eps)
+    backend = _backend(input, act)
+    if backend == "triton":
+        return _triton(input, mean, var, weight, bias, False, 0.0, eps, act)
+    if backend == "native":
+        y = F.batch_norm(input, mean, var, weight, bias, False, 0.0, eps)
+    else:
+        ndim = input.dim()
+        x = input.to(accumulation_dtype(input.dtype))
+        x_hat = (x - _per_channel(mean, ndim)) * _per_channel(torch.rsqrt(var + eps), ndim)
+        y = affine(x_hat, _per_channel(weight, ndim), _per_channel(bias, ndim)).to(input.dtype)
+    return y if act is None else act(y)
 
 
 def batch_norm(
@@ -149,7 +185,7 @@ def batch_norm(
     mask = batch_mask(input, mask, "batch_norm")
     if not training:
         _check_eps(eps, training, "batch_norm")
-        return _normalize_with(input, running_mean, running_var, weight, bias, eps)
+        return batch_norm_inference(input, running_mean, running_var, weight, bias, eps)
     statistics = Statistics(input, batch_dims(input), mask)
     _refuse_too_few_values(statistics, input, "batch_norm")
     _check_eps(eps, training, "batch_norm")
@@ -185,7 +221,7 @@ def batch_renorm(
         raise ValueError(f"batch_renorm: needs rmax >= 1 and dmax >= 0, got rmax={rmax}, dmax={dmax}")
     if not training:
         _check_eps(eps, training, "batch_renorm")
-        return _normalize_with(input, running_mean, running_var, weight, bias, eps)
+        return batch_norm_inference(input, running_mean, running_var, weight, bias, eps)
     if running_mean is None or running_var is None:
         raise ValueError("batch_renorm: training needs running_mean and running_var: r and d compare the batch statistics with them")
     statistics = Statistics(input, batch_dims(input), mask)
@@ -236,6 +272,7 @@ def batch_normalize(
     eps: float,
     rmax: float = 1.0,
     dmax: float = 0.0,
+    act: Activation | None = None,
 ) -> torch.Tensor:
     """One training step of batch normalization, with the batch statistics ``statistics`` takes.
 
@@ -246,11 +283,14 @@ def batch_normalize(
     ``momentum`` (0 leaves them as they are). Callers check that the statistics span
     more than one value (:func:`too_few_values`). Local statistics of a whole batch can
     run on torch's kernel (:func:`normlab.kernels.choose` decides); masked and
-    synchronized ones run on :class:`normlab.autograd.Normalize`.
+    synchronized ones run on :class:`normlab.autograd.Normalize`. ``act``, when given, is
+    applied to the output (:class:`normlab.nn.BatchNormAct`), fused where a backend can.
     """
     update = momentum != 0 and running_mean is not None and running_var is not None
+    finish = (lambda y: y) if act is None else act
+    weight = weight if act is None else act.scale(weight, eps)
     if statistics.count == 0:  # an empty batch: no statistics, running ones left alone
-        return affine(input, _per_channel(weight, input.dim()), _per_channel(bias, input.dim()))
+        return finish(affine(input, _per_channel(weight, input.dim()), _per_channel(bias, input.dim())))
     moments = None
     if rmax != 1 or dmax != 0:  # batch renormalization
         with torch.no_grad():
@@ -261,12 +301,19 @@ def batch_normalize(
         # gamma * (x_hat * r + d) + beta is batch norm with weight gamma * r and bias gamma * d + beta
         weight, bias = affine(r, weight, None), affine(d, weight, bias)
     local = type(statistics) is Statistics and statistics.mask is None and statistics.count > 1
-    if local and kernels.choose("batch_norm", input) == "native":
+    backend = _backend(input, act) if local else "normlab"
+    if backend in ("native", "triton"):
         running_mean, running_var = (running_mean, running_var) if update else (None, None)
-        return F.batch_norm(input, running_mean, running_var, weight, bias, True, momentum, eps)
+        if backend == "triton":
+            return _triton(input, running_mean, running_var, weight, bias, True, momentum, eps, act)
+        return finish(F.batch_norm(input, running_mean, running_var, weight, bias, True, momentum, eps))
     ndim = input.dim()
     weight, bias = _per_channel(weight, ndim), _per_channel(bias, ndim)
-    y, mean, var = Normalize.apply(input, weight, bias, statistics.dims, eps, True, statistics, moments)
+    if act is not None and act.inplace_abn and local:
+        y, mean, var = InPlaceABN.apply(input, weight, bias, eps, act.name, act.param)
+    else:
+        y, mean, var = Normalize.apply(input, weight, bias, statistics.dims, eps, True, statistics, moments)
+        y = finish(y)
     if update:
         update_running_stats(running_mean, running_var, mean, var, statistics.count, momentum)
     return y
@@ -478,3 +525,62 @@ def weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int | None = 0) -> torch.
     if kernels.choose("weight_norm", v) == "native":
         return torch._weight_norm(v, g, dim)
     return v * (g / norm_except_dim(v, dim))
+
+
+# --- batch norm followed by an activation ------------------------------------------------
+
+
+def batch_norm_act(
+    input: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    activation: str = "relu",
+    *,
+    negative_slope: float = DEFAULT_PARAM["leaky_relu"],
+    alpha: float = DEFAULT_PARAM["elu"],
+    residual: torch.Tensor | None = None,
+    inplace_abn: bool = False,
+) -> torch.Tensor:
+    r"""``act(batch_norm(input, ...) + residual)``, in one kernel on the Triton backend.
+
+    ``activation`` is one of ``"identity", "relu", "leaky_relu"`` (with
+    ``negative_slope``), ``"elu"`` (with ``alpha``), ``"silu", "sigmoid"``; ``residual``
+    (optional, the shape of ``input``) is added before it, as at the end of a ResNet block.
+    The other arguments are :func:`batch_norm`'s.
+
+    With ``inplace_abn`` this is in-place activated batch norm (Rota Bulo et al. 2018):
+    only the output is kept for backward, which recomputes the normalized input from it
+    by inverting the activation. That needs an invertible activation (``identity``,
+    ``leaky_relu`` with ``negative_slope > 0``, ``elu`` with ``alpha > 0``), no residual,
+    and a scale that cannot be 0: the layer's scale is ``|weight| + eps``, as in the paper.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"batch_norm_act: unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+    param = {"leaky_relu": negative_slope, "elu": alpha}.get(activation, 0.0)
+    if residual is not None and residual.shape != input.shape:
+        raise ValueError(
+            f"batch_norm_act: the residual must have the input's shape {tuple(input.shape)}, "
+            f"got {tuple(residual.shape)}"
+        )
+    if inplace_abn:
+        if activation not in INVERTIBLE or (activation in DEFAULT_PARAM and not param > 0):
+            raise ValueError(
+                "batch_norm_act: in-place activated batch norm recomputes its input from its output, "
+                "so it needs an invertible activation: identity, leaky_relu with negative_slope > 0 or "
+                f"elu with alpha > 0; got {activation!r} with parameter {param}"
+            )
+        if residual is not None:
+            raise ValueError("batch_norm_act: in-place activated batch norm takes no residual (it could not "
+                             "recompute its input from the output)")
+    act = Activation(activation, param, residual, inplace_abn)
+    _check_eps(eps, training, "batch_norm_act")
+    if not training:
+        return batch_norm_inference(input, running_mean, running_var, weight, bias, eps, act)
+    statistics = Statistics(input, batch_dims(input), None)
+    _refuse_too_few_values(statistics, input, "batch_norm_act")
+    return batch_normalize(input, statistics, running_mean, running_var, weight, bias, momentum, eps, act=act)

@@ -60,6 +60,12 @@ __all__ = [
     "batch_renorm_backward",
     "ghost_batch_norm_train",
     "ghost_batch_norm_backward",
+    "ACTIVATIONS",
+    "activation",
+    "activation_grad",
+    "activation_inverse",
+    "batch_norm_act_train",
+    "batch_norm_act_backward",
 ]
 
 
@@ -415,3 +421,74 @@ def ghost_batch_norm_backward(dy, caches):
     dx = np.concatenate([g[0] for g in grads])
     total = (lambda i: None if grads[0][i] is None else sum(g[i] for g in grads))
     return dx, total(1), total(2)
+
+# --- batch norm followed by an activation (fused kernels, in-place activated BN) -------
+
+# name -> parameter's meaning; param is the negative slope of leaky_relu and the alpha of elu
+ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu", "silu", "sigmoid")
+
+
+def activation(z, name: str, param: float = 0.0):
+    """``act(z)`` in float64."""
+    z = np.asarray(z, dtype=np.float64)
+    if name == "identity":
+        return z
+    if name == "relu":
+        return np.maximum(z, 0.0)
+    if name == "leaky_relu":
+        return np.where(z > 0, z, param * z)
+    if name == "elu":
+        return np.where(z > 0, z, param * np.expm1(np.minimum(z, 0.0)))
+    if name == "silu":
+        return z / (1 + np.exp(-z))
+    if name == "sigmoid":
+        return 1 / (1 + np.exp(-z))
+    raise ValueError(f"unknown activation {name!r}; expected one of {ACTIVATIONS}")
+
+
+def activation_grad(z, name: str, param: float = 0.0):
+    """``act'(z)``; at a kink the value torch uses (relu: 0, leaky_relu: slope, elu: alpha)."""
+    z = np.asarray(z, dtype=np.float64)
+    if name == "identity":
+        return np.ones_like(z)
+    if name == "relu":
+        return (z > 0).astype(np.float64)
+    if name == "leaky_relu":
+        return np.where(z > 0, 1.0, param)
+    if name == "elu":
+        return np.where(z > 0, 1.0, param * np.exp(np.minimum(z, 0.0)))
+    s = 1 / (1 + np.exp(-z))
+    if name == "silu":
+        return s * (1 + z * (1 - s))
+    if name == "sigmoid":
+        return s * (1 - s)
+    raise ValueError(f"unknown activation {name!r}; expected one of {ACTIVATIONS}")
+
+
+def activation_inverse(y, name: str, param: float = 0.0):
+    """``z`` with ``act(z) = y``, for the invertible activations (identity, leaky_relu with slope > 0, elu)."""
+    y = np.asarray(y, dtype=np.float64)
+    if name == "identity":
+        return y
+    if name == "leaky_relu":
+        return np.where(y > 0, y, y / param)
+    if name == "elu":
+        return np.where(y > 0, y, np.log1p(np.minimum(y, 0.0) / param))
+    raise ValueError(
+        f"activation {name!r} is not invertible; in-place activated batch norm needs identity, leaky_relu or elu"
+    )
+
+
+def batch_norm_act_train(x, weight=None, bias=None, eps: float = 1e-5, name: str = "identity",
+                         param: float = 0.0, residual=None):
+    """``y = act(batch_norm_train(x) + residual)``; returns ``(y, cache, z)`` with z the activation's input."""
+    z, cache = batch_norm_train(x, weight, bias, eps)
+    if residual is not None:
+        z = z + np.asarray(residual, dtype=np.float64)
+    return activation(z, name, param), cache, z
+
+
+def batch_norm_act_backward(dy, cache: Cache, z, name: str = "identity", param: float = 0.0):
+    """``(dx, dgamma, dbeta, dresidual)`` of :func:`batch_norm_act_train`: ``dz = dy * act'(z)``, then batch norm's."""
+    dz = np.asarray(dy, dtype=np.float64) * activation_grad(z, name, param)
+    return (*batch_norm_backward(dz, cache), dz)

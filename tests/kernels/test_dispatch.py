@@ -39,3 +39,69 @@ def test_the_module_runs_the_chosen_backend(monkeypatch, forced, own_calls):
     with normlab.use_backend(forced):
         normlab.BatchNorm2d(3)(torch.randn(2, 3, 4, 4))
     assert len(calls) == own_calls
+
+
+# --- the triton backend ------------------------------------------------------------------
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+
+
+def test_triton_rule_is_read_per_op_layout_and_dtype(monkeypatch):
+    x = torch.randn(2, 8, 4, 4)
+    assert kernels.layout(x) == "channels_first"
+    assert kernels.layout(x.to(memory_format=torch.channels_last)) == "channels_last"
+    assert kernels.layout(torch.randn(5, 8)) == "channels_last"  # (N, C): channels side by side
+    monkeypatch.setattr(kernels, "TRITON_RULE", {("batch_norm", "channels_first", torch.float32): 256})
+    assert kernels.triton_is_faster("batch_norm", x)  # 256 elements
+    assert not kernels.triton_is_faster("batch_norm", x[:1])  # 128
+    assert not kernels.triton_is_faster("batch_norm", x.half())  # absent from the table
+    assert not kernels.triton_is_faster("batch_norm_act", x)
+
+
+def test_unmeasured_rule_keeps_plain_batch_norm_on_torch_and_fuses_the_rest():
+    for (op, _, dtype), smallest in kernels.TRITON_RULE.items():
+        assert op in kernels.TRITON_OPS and dtype in (torch.float16, torch.bfloat16, torch.float32)
+        assert smallest == (None if op == "batch_norm" else 0)
+
+
+def test_triton_backend_only_takes_what_the_kernels_run():
+    assert not kernels.can_run("triton", "layer_norm", torch.randn(2, 3))
+    assert not kernels.can_run("triton", "batch_norm", torch.randn(2, 3, 1, 1, 1, 2))  # 6-D
+    assert not kernels.can_run("triton", "batch_norm", torch.zeros(0, 3))
+    assert not kernels.can_run("triton", "batch_norm", torch.zeros(4, 3, dtype=torch.int64))
+
+
+CPU_SCRIPT = textwrap.dedent("""
+    import sys
+    if BLOCK:
+        sys.modules["triton"] = None  # as if it were not installed
+    import torch, normlab
+    from normlab import kernels
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    with normlab.use_backend("triton"):  # cannot run: falls back to the automatic choice
+        assert kernels.choose("batch_norm", x) == "native", kernels.choose("batch_norm", x)
+        assert kernels.choose("inplace_abn", x) == "normlab"
+        for layer in (normlab.BatchNorm2d(3), normlab.BatchNormAct(3, "silu"),
+                      normlab.BatchNormAct(3, "elu", inplace_abn=True)):
+            layer(x).sum().backward()
+    assert x.grad is not None
+    if BLOCK:
+        try:
+            import normlab.kernels.triton_ops
+        except ImportError:
+            pass
+        else:
+            raise AssertionError("imported the kernels without triton")
+    print("ok")
+""")
+
+
+@pytest.mark.parametrize("block", [True, False], ids=["without_triton", "triton_without_interpreter"])
+def test_cpu_layers_never_need_triton(block):
+    """`import normlab` and every layer work without triton; with triton, CPU tensors never take it."""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", f"BLOCK = {block}\n" + CPU_SCRIPT], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

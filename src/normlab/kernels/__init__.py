@@ -4,29 +4,54 @@ Backends:
     "native"   PyTorch's own kernels (``torch.nn.functional``), for the operations torch has.
     "normlab"  normlab's own implementation (:mod:`normlab.autograd`): hand-derived
                backward, shifted two-pass statistics; runs every operation on any device.
+    "triton"   normlab's Triton kernels (:mod:`normlab.kernels.triton_bn`) for batch norm,
+               batch norm + activation and in-place activated batch norm, on CUDA tensors
+               (and on CPU tensors under ``TRITON_INTERPRET=1``, for tests); needs the
+               optional ``triton`` package.
 
 :func:`choose` is consulted by every function in :mod:`normlab.functional`. Unless a
 backend is forced, it picks the fastest one that can run the operation, which on the
 CPU is torch's own kernel where torch has one (see ``docs/performance.md`` for the
-measurements behind that rule). Force one with :func:`use_backend` (a context
-manager) or :func:`set_backend`; a forced backend that cannot run an operation falls
-back to this rule for that operation.
+measurements behind that rule), and on CUDA tensors the Triton kernels where
+:data:`TRITON_RULE` says they are faster (see ``docs/kernels.md``). Force one with
+:func:`use_backend` (a context manager) or :func:`set_backend`; a forced backend that
+cannot run an operation falls back to this rule for that operation.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib.util
 
 import torch
 
-__all__ = ["BACKENDS", "NATIVE_OPS", "choose", "get_backend", "set_backend", "use_backend"]
+__all__ = ["BACKENDS", "NATIVE_OPS", "TRITON_OPS", "TRITON_RULE", "can_run", "choose", "get_backend",
+           "layout", "set_backend", "triton_is_faster", "use_backend"]
 
-BACKENDS = ("native", "normlab")
+BACKENDS = ("native", "normlab", "triton")
 
 # Operations torch implements with the same semantics as normlab's (in torch.nn.functional;
 # weight_norm is torch._weight_norm, what torch.nn.utils.parametrizations.weight_norm runs).
 NATIVE_OPS = frozenset({"batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "weight_norm"})
+
+# Operations the Triton kernels implement (normlab.functional.batch_norm / batch_norm_act).
+TRITON_OPS = frozenset({"batch_norm", "batch_norm_act", "inplace_abn"})
+
+# When "triton" runs an op on a CUDA tensor: (op, layout, dtype) -> the smallest input, in
+# elements, from which it does; absent or None: never. NOT YET MEASURED: no GPU was
+# reachable when this was written, so the table states an expectation, not a result:
+# the fused ops replace two or three torch kernels (or, for in-place ABN, normlab's
+# torch-ops Function) and move fewer bytes, so they take the kernels; plain batch norm
+# stays on torch's (cuDNN) until a measurement shows the kernels win.
+# `python benchmarks/bench_gpu.py` prints the table its measurements imply, in this
+# format, to replace this one.
+TRITON_RULE: dict[tuple[str, str, torch.dtype], int | None] = {
+    (op, lay, dtype): (None if op == "batch_norm" else 0)
+    for op in sorted(TRITON_OPS)
+    for lay in ("channels_first", "channels_last")
+    for dtype in (torch.float16, torch.bfloat16, torch.float32)
+}
 
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("normlab_backend", default=None)
 
@@ -66,7 +91,45 @@ def can_run(backend: str, op: str, x: torch.Tensor) -> bool:
     """Whether ``backend`` implements ``op`` for tensors like ``x``."""
     if backend == "native":
         return op in NATIVE_OPS
+    if backend == "triton":
+        return op in TRITON_OPS and _triton_runs_on(x)
     return backend == "normlab"
+
+
+def layout(x: torch.Tensor) -> str:
+    """"channels_last" when the channels (dim 1) are contiguous in memory, as for 2-D (N, C)."""
+    return "channels_last" if x.dim() >= 2 and x.stride(1) == 1 and x.shape[1] > 1 else "channels_first"
+
+
+def triton_is_faster(op: str, x: torch.Tensor) -> bool:
+    """What :data:`TRITON_RULE` says for ``op`` on ``x``."""
+    smallest = TRITON_RULE.get((op, layout(x), x.dtype))
+    return smallest is not None and x.numel() >= smallest
+
+
+def _installed(name: str) -> bool:
+    """Whether ``name`` can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # ValueError: blocked with sys.modules[name] = None
+        return False
+
+
+_TRITON_INSTALLED = _installed("triton")
+
+
+def _triton_runs_on(x: torch.Tensor) -> bool:
+    if not (2 <= x.dim() <= 5 and 0 < x.numel() < 2**31 and x.is_floating_point()):
+        return False
+    if not _TRITON_INSTALLED:
+        return False
+    if x.is_cuda:
+        return True
+    if x.device.type != "cpu":
+        return False
+    from . import triton_bn  # only a CPU tensor with triton forced gets here
+
+    return triton_bn.INTERPRETED
 
 
 def choose(op: str, x: torch.Tensor) -> str:
@@ -74,4 +137,6 @@ def choose(op: str, x: torch.Tensor) -> str:
     forced = _forced.get()
     if forced is not None and can_run(forced, op, x):
         return forced
+    if x.is_cuda and can_run("triton", op, x) and triton_is_faster(op, x):
+        return "triton"
     return "native" if can_run("native", op, x) else "normlab"

@@ -1,5 +1,6 @@
 """normlab's layers, drop-in replacements for their torch.nn counterparts."""
 
+from .activated import BatchNormAct
 from .batchnorm import (
     BatchNorm1d,
     BatchNorm2d,
@@ -19,6 +20,7 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "BatchNormAct",
     "BatchRenorm1d",
     "BatchRenorm2d",
     "BatchRenorm3d",

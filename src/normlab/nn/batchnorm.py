@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .. import functional
+from ..activation import Activation
 from ..autograd import Statistics
 from ._base import NormBase, check_checkpoint_shapes
 
@@ -111,6 +112,10 @@ class _BatchNorm(NormBase):
     # --- forward --------------------------------------------------------------------------
 
     def forward(self, input: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self._forward(input, mask)
+
+    def _forward(self, input: torch.Tensor, mask: torch.Tensor | None, act: Activation | None = None) -> torch.Tensor:
+        """The forward pass; ``act`` is what follows the normalization (:class:`normlab.nn.BatchNormAct`'s)."""
         self._check_input(input)
         mask = functional.batch_mask(input, mask, self._name)
         weight, bias = self.weight, self.bias
@@ -118,14 +123,14 @@ class _BatchNorm(NormBase):
             weight, bias = (None if p is None else p.detach() for p in (weight, bias))
         # Batch statistics in training, and in eval when there are no running ones.
         if self.running_mean is not None and (not self.training or self.frozen_statistics):
-            return self._with_running_stats(input, weight, bias)
+            return self._with_running_stats(input, weight, bias, act)
         with self._restoring_running_stats():
-            return self._normalize_batch(input, mask, weight, bias)
+            return self._normalize_batch(input, mask, weight, bias, act)
 
-    def _with_running_stats(self, input, weight, bias) -> torch.Tensor:
-        return functional.batch_norm(input, self.running_mean, self.running_var, weight, bias, False, 0.0, self.eps)
+    def _with_running_stats(self, input, weight, bias, act) -> torch.Tensor:
+        return functional.batch_norm_inference(input, self.running_mean, self.running_var, weight, bias, self.eps, act)
 
-    def _normalize_batch(self, input, mask, weight, bias) -> torch.Tensor:
+    def _normalize_batch(self, input, mask, weight, bias, act) -> torch.Tensor:
         """Normalize with batch statistics, updating the running ones in training."""
         statistics = self._statistics(input, mask)
         update = self.training and self.track_running_stats
@@ -139,12 +144,12 @@ class _BatchNorm(NormBase):
                     "choose another one_value_per_channel policy)."
                 )
             if self.one_value_per_channel == "running_stats":
-                return self._with_running_stats(input, weight, bias)
+                return self._with_running_stats(input, weight, bias, act)
             update = False  # "skip_update"
         rmax, dmax = self._renorm_limits()
         momentum = self._momentum_for_this_batch() if update else 0.0
         return functional.batch_normalize(
-            input, statistics, self.running_mean, self.running_var, weight, bias, momentum, self.eps, rmax, dmax
+            input, statistics, self.running_mean, self.running_var, weight, bias, momentum, self.eps, rmax, dmax, act
         )
 
     def _statistics(self, input, mask) -> Statistics:
@@ -427,13 +432,13 @@ class GhostBatchNorm(_BatchNorm):
             raise ValueError(f"{self._name}: virtual_batch_size must be a positive int, got {virtual_batch_size!r}")
         self.virtual_batch_size = virtual_batch_size
 
-    def _normalize_batch(self, input, mask, weight, bias) -> torch.Tensor:
+    def _normalize_batch(self, input, mask, weight, bias, act) -> torch.Tensor:
         size = self.virtual_batch_size
         if input.shape[0] <= size:
-            return super()._normalize_batch(input, mask, weight, bias)
+            return super()._normalize_batch(input, mask, weight, bias, act)
         masks = [None] * input.shape[0] if mask is None else mask.split(size)
         return torch.cat([
-            super(GhostBatchNorm, self)._normalize_batch(x, m, weight, bias)
+            super(GhostBatchNorm, self)._normalize_batch(x, m, weight, bias, act)
             for x, m in zip(input.split(size), masks)
         ])
 

@@ -234,6 +234,19 @@ ENTRIES += [
         example=(8, 3, 4, 4),
         axes=(0, 2, 3),
     ),
+    Entry(
+        "BatchNormAct",
+        "`y = act(gamma * (x - mean) / sqrt(var + eps) + beta [+ residual])`; with `inplace_abn=True` "
+        "gamma is `|weight| + eps`",
+        "per channel C, over N and every spatial axis",
+        "running mean and variance (an affine map per channel), then the activation",
+        "batch norm followed by an activation (and a residual add): one kernel each way on a GPU; "
+        "`inplace_abn=True` keeps only the output for backward, to save activation memory",
+        "timm `norm_act`; Rota Bulo et al. 2018 (in-place activated BN)",
+        args=(3, "identity"),
+        example=(8, 3, 4, 4),
+        axes=(0, 2, 3),
+    ),
 ]
 
 

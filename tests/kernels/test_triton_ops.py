@@ -1,0 +1,163 @@
+"""The Triton kernels as torch custom ops and as the "triton" backend of the layers.
+
+gradcheck in float64 through the registered autograd, torch.library.opcheck (schema,
+fake/meta implementation, autograd registration), torch.compile without graph breaks,
+autocast, and the layers with the backend forced, against torch.nn. Without a GPU all
+of it runs under the Triton interpreter on CPU tensors.
+"""
+
+import pytest
+import torch
+
+from triton_cases import DEVICE, skip_unless_kernels_run
+
+skip_unless_kernels_run()
+
+import normlab  # noqa: E402
+from conftest import assert_rel  # noqa: E402
+from normlab import kernels  # noqa: E402
+from normlab.kernels import triton_bn, triton_ops  # noqa: E402
+
+f64 = dict(dtype=torch.float64, device=DEVICE)
+OPS = torch.ops.normlab
+
+
+def leaves(*shapes, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=gen, dtype=torch.float64).to(DEVICE).requires_grad_() for s in shapes]
+
+
+@pytest.mark.parametrize(
+    "activation,residual,inplace_abn,training",
+    [("identity", False, False, True), ("silu", True, False, True), ("leaky_relu", False, True, True),
+     ("elu", False, True, True), ("relu", True, False, False)],
+)
+def test_gradcheck_through_the_registered_autograd(activation, residual, inplace_abn, training):
+    x, w, b, r = leaves((3, 2, 4), (2,), (2,), (3, 2, 4))
+    rm, rv = torch.zeros(2, **f64), torch.ones(2, **f64) + 0.5
+    param = {"leaky_relu": 0.1, "elu": 1.0}.get(activation, 0.0)
+
+    def f(x, w, b, *r):
+        w = w.abs() + 1e-5 if inplace_abn else w
+        return triton_ops.batch_norm_act(x, w, b, r[0] if r else None, None if training else rm,
+                                         None if training else rv, training, 0.1, 1e-5, activation, param, inplace_abn)
+
+    args = (x, w, b, r) if residual else (x, w, b)
+    assert torch.autograd.gradcheck(f, args, fast_mode=True)
+
+
+def test_opcheck_forward_and_backward():
+    x, w, b = (t.detach() for t in leaves((3, 2, 4), (2,), (2,)))
+    rm, rv = torch.zeros(2, **f64), torch.ones(2, **f64)
+    torch.library.opcheck(OPS.batch_norm_act.default, (x, w, b, None, rm, rv, True, 0.1, 1e-5, "relu", 0.0, False))
+    torch.library.opcheck(OPS.batch_norm_act.default, (x, w, b, x, rm, rv, False, 0.1, 1e-5, "silu", 0.0, False))
+    y, mean, rstd, _, _ = OPS.batch_norm_act(x, w, b, None, None, None, True, 0.1, 1e-5, "elu", 1.0, True)
+    torch.library.opcheck(OPS.batch_norm_act_backward.default,
+                          (torch.ones_like(y), y, w, b, None, mean, rstd, True, "elu", 1.0, True, False))
+
+
+def test_fake_implementation_matches_the_real_one():
+    """Shapes, dtypes and strides (channels-last kept) as torch.compile will assume them."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x = torch.randn(2, 3, 4, 4, device=DEVICE).to(dtype=torch.float16, memory_format=torch.channels_last)
+    w, b, rm, rv = torch.ones(3, device=DEVICE), torch.zeros(3, device=DEVICE), torch.zeros(3, device=DEVICE), \
+        torch.ones(3, device=DEVICE)
+    args = (x, w, b, None, rm, rv, True, 0.1, 1e-5, "relu", 0.0, False)
+    real = OPS.batch_norm_act(*args)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = OPS.batch_norm_act(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args))
+    for r, f in zip(real, fake):
+        assert (r.shape, r.dtype, r.stride()) == (f.shape, f.dtype, f.stride())
+
+
+def test_torch_compile_captures_the_ops_in_one_graph():
+    """fullgraph=True: the op (forward, running-statistics copy, backward) compiles without a break."""
+    torch._dynamo.reset()
+    x, w, b, r = leaves((2, 3, 5), (3,), (3,), (2, 3, 5))
+    stats = {k: (torch.zeros(3, **f64), torch.ones(3, **f64)) for k in ("eager", "compiled")}
+
+    def block(x, w, b, r, rm, rv):
+        y = triton_ops.batch_norm_act(x, w, b, r, rm, rv, True, 0.1, 1e-5, "silu", 0.0, False)
+        return (y * y).sum()
+
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    expected = torch.autograd.grad(block(x, w, b, r, *stats["eager"]), (x, w, b, r))
+    got = torch.autograd.grad(compiled(x, w, b, r, *stats["compiled"]), (x, w, b, r))
+    for name, g, e in zip(("dx", "dweight", "dbias", "dresidual"), got, expected):
+        assert_rel(g, e, 1e-12, name)
+    assert_rel(stats["compiled"][1], stats["eager"][1], 1e-12, "running_var")
+
+
+def test_torch_compile_of_a_layer_matches_eager():
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(0)
+    eager_bn = normlab.BatchNormAct(4, "relu").double().to(DEVICE)
+    compiled_bn = torch.compile(normlab.BatchNormAct(4, "relu").double().to(DEVICE), backend="aot_eager")
+    x = torch.randn(2, 4, 5, 5, generator=gen, dtype=torch.float64).to(DEVICE)
+    r = torch.randn(2, 4, 5, 5, generator=gen, dtype=torch.float64).to(DEVICE)
+    with normlab.use_backend("triton"):
+        expected, got = eager_bn(x, residual=r), compiled_bn(x, residual=r)
+    assert_rel(got, expected, 1e-12, "output")
+    assert_rel(compiled_bn.running_var, eager_bn.running_var, 1e-12, "running_var")
+
+
+def test_autocast_gives_what_torch_batch_norm_gives():
+    """Under autocast a conv hands batch norm a bfloat16 tensor; parameters stay float32."""
+    device_type = "cuda" if DEVICE == "cuda" else "cpu"
+    gen = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3).to(DEVICE)
+    ours, theirs = normlab.BatchNorm2d(4).to(DEVICE), torch.nn.BatchNorm2d(4).to(DEVICE)
+    x = torch.randn(4, 3, 6, 6, generator=gen).to(DEVICE)
+    with torch.autocast(device_type, dtype=torch.bfloat16), normlab.use_backend("triton"):
+        h = conv(x)
+        y, expected = ours(h), theirs(h)
+    assert h.dtype == y.dtype == expected.dtype == torch.bfloat16
+    assert_rel(y, expected, 2e-2, "y")
+    assert_rel(ours.running_mean, theirs.running_mean, 1e-5, "running_mean")
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["on_chip", "split"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["NCHW", "channels_last"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batchnorm2d_on_the_triton_backend_is_torchs(monkeypatch, channels_last, momentum, split):
+    if split:
+        monkeypatch.setattr(triton_bn, "plan", lambda M, C, contiguous, programs: triton_bn.Plan(16, 2, 32))
+    gen = torch.Generator().manual_seed(0)
+    ours = normlab.BatchNorm2d(3, momentum=momentum).to(DEVICE)
+    theirs = torch.nn.BatchNorm2d(3, momentum=momentum).to(DEVICE)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    with normlab.use_backend("triton"):
+        for step in range(2):
+            x = (3 * torch.randn(6, 3, 4, 4, generator=gen) + 1).to(DEVICE, memory_format=fmt)
+            xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+            ya, yb = ours(xa), theirs(xb)
+            dy = torch.randn(ya.shape, generator=gen).to(DEVICE)
+            ya.backward(dy), yb.backward(dy)
+            assert_rel(ya, yb, 1e-5, "y")
+            assert_rel(xa.grad, xb.grad, 1e-4, "dx")
+        assert_rel(ours.weight.grad, theirs.weight.grad, 1e-5, "dweight")
+        assert_rel(ours.bias.grad, theirs.bias.grad, 1e-5, "dbias")
+        assert_rel(ours.running_mean, theirs.running_mean, 1e-6, "running_mean")
+        assert_rel(ours.running_var, theirs.running_var, 1e-6, "running_var")
+        assert ours.num_batches_tracked == theirs.num_batches_tracked == 2
+        ours.eval(), theirs.eval()
+        assert_rel(ours(x), theirs(x), 1e-5, "eval y")
+
+
+@pytest.mark.parametrize("op,layer", [("batch_norm_act", dict(activation="silu")),
+                                      ("inplace_abn", dict(activation="leaky_relu", inplace_abn=True))])
+def test_batchnormact_runs_the_kernels_when_triton_is_chosen(monkeypatch, op, layer):
+    calls = []
+    real = triton_ops.batch_norm_act
+    monkeypatch.setattr(triton_ops, "batch_norm_act", lambda *a: calls.append(a[-1]) or real(*a))
+    bn = normlab.BatchNormAct(3, **layer).to(DEVICE)
+    x = torch.randn(4, 3, 2, 2, device=DEVICE)
+    assert kernels.choose(op, x) != "triton"  # never automatically on a CPU tensor
+    with normlab.use_backend("triton"):
+        assert kernels.choose(op, x) == "triton"
+        y = bn(x)
+    assert calls == [layer.get("inplace_abn", False)]
+    with normlab.use_backend("normlab"):
+        expected = bn(x)
+    assert_rel(y, expected, 1e-5, "same layer on the torch-ops path")
