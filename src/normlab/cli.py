@@ -1,6 +1,8 @@
 """The ``normlab`` command line.
 
     normlab summary MODEL [--checkpoint FILE] --input-size 3 32 32
+    normlab reproduce [--claims NAME ...] [--profile quick|full] [--data mnist1d|PATH] [--out DIR] [--seeds N]
+    normlab claims
 
 MODEL is ``module:callable``: a module importable from the current directory (or a
 path to a .py file) and a callable in it that returns an ``nn.Module``; a checkpoint,
@@ -64,6 +66,39 @@ def _summary(args) -> int:
     return 0
 
 
+def _reproduce(args) -> int:
+    from .lab import data
+    from .lab.claims import PROFILES, Profile
+    from .lab.report import table
+    from .lab.reproduce import reproduce
+
+    if args.seeds is not None and args.seeds < 1:
+        raise CommandError(f"--seeds must be at least 1, got {args.seeds}")
+    profile = Profile(args.profile, args.seeds or PROFILES[args.profile].seeds, args.data)
+    try:
+        doc = reproduce(args.claims, profile, args.out, args.jobs)
+    except data.DataError as e:
+        raise CommandError(str(e)) from e
+    print(table(doc))
+    out = pathlib.Path(args.out)
+    print(f"\n{len(doc['runs'])} runs, {doc['seconds']} s. Report: {out / 'report.html'}, {out / 'report.md'}; numbers: {out / 'results.json'}")
+    return 0
+
+
+def _claims(args) -> int:
+    from .lab.claims import CLAIMS
+
+    for c in CLAIMS.values():
+        print(f"{c.name}\n  source:    {c.source}\n  claim:     {c.statement}\n  measured:  {c.measured}\n  criterion: {c.criterion}\n")
+    return 0
+
+
+def _claim_names() -> list[str]:
+    from .lab.claims import CLAIMS
+
+    return list(CLAIMS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="normlab", description="Batch normalization, done properly.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -73,6 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="state_dict to load into the model")
     p.add_argument("--input-size", type=int, nargs="+", required=True, help="one sample's shape, without the batch")
     p.set_defaults(run=_summary)
+
+    p = commands.add_parser("reproduce", help="test the claims about batch normalization and write a report")
+    p.add_argument("--claims", nargs="+", choices=_claim_names(), metavar="NAME", help="claims to test (default: all; see `normlab claims`)")
+    p.add_argument("--profile", choices=["quick", "full", "tiny"], default="quick",
+                   help="quick (default, minutes), full (more steps and seeds) or tiny (seconds, for tests)")
+    p.add_argument("--data", default="mnist1d", help="'mnist1d' (generated offline, the default) or a folder of MNIST IDX or CIFAR python files")
+    p.add_argument("--out", default="normlab-report", help="output folder; runs cached there are reused (default: normlab-report)")
+    p.add_argument("--seeds", type=int, help="seeds per configuration (default: the profile's)")
+    p.add_argument("--jobs", type=int, help="worker processes (default: one per core)")
+    p.set_defaults(run=_reproduce)
+
+    p = commands.add_parser("claims", help="list the claims `normlab reproduce` tests")
+    p.set_defaults(run=_claims)
     return parser
 
 
