@@ -69,7 +69,7 @@ def verdict(figures: dict):
 def plot(runs: list[Run], figures: dict):
     from .. import plots
 
-    fig, (ax,) = plots.figure(title="faster-training: test accuracy of the 3x100 sigmoid MLP")
+    fig, (ax,) = plots.figure(title="faster-training: 3x100 sigmoid MLP")
     for norm, rs in base.group(runs, lambda c: c.model.norm).items():
         label = "BN" if norm == "bn" else "no BN"
         plots.band(ax, rs[0].result["step"], [r.result["test_accuracy"] for r in rs], label)

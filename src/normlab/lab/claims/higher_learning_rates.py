@@ -108,7 +108,7 @@ def verdict(figures: dict):
 def plot(runs: list[Run], figures: dict):
     from .. import plots
 
-    fig, (ax,) = plots.figure(title="higher-learning-rates: final test accuracy of the 3x100 sigmoid MLP")
+    fig, (ax,) = plots.figure(title="higher-learning-rates: 3x100 sigmoid MLP")
     for norm, label in (("bn", "BN"), ("none", "no BN")):
         f = figures[f"final test accuracy by learning rate, {label}"]
         lrs = [float(lr) for lr in f]
