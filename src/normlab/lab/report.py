@@ -25,7 +25,7 @@ from .train import RunConfig
 
 __all__ = ["write", "table"]
 
-COLUMNS = ("claim", "source", "measured", "criterion", "figures (mean +- std over seeds)", "verdict")
+COLUMNS = ("claim", "source", "measured", "criterion", "figures (mean ± std over seeds)", "verdict")
 
 
 def figure_lines(figures: dict) -> list[str]:
@@ -33,7 +33,7 @@ def figure_lines(figures: dict) -> list[str]:
     lines = []
     for label, v in figures.items():
         if isinstance(v, dict) and "mean" in v:
-            lines.append(f"{label}: {fmt(v['mean'])} +- {fmt(v['std'])}")
+            lines.append(f"{label}: {fmt(v['mean'])} ± {fmt(v['std'])}")
         elif isinstance(v, list):
             lines.append(f"{label}: {', '.join(fmt(x) for x in v) or 'none'}")
         elif not isinstance(v, dict):
@@ -93,6 +93,7 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; 
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.4em 0.6em; vertical-align: top; text-align: left; }
 th { background: #f3f3f3; }
+td.figures { min-width: 24em; }
 .reproduced { background: #dff3df; font-weight: bold; }
 .not-reproduced { background: #f8dcdc; font-weight: bold; }
 .inconclusive { background: #f6efd2; font-weight: bold; }
@@ -112,7 +113,8 @@ def page(doc: dict, images: dict[str, bytes]) -> str:
     for c in doc["claims"]:
         figs = "<br>".join(e(x) for x in figure_lines(c["figures"]))
         cells = [f'<a href="#{e(c["name"])}">{e(c["name"])}</a>', e(c["source"]), e(c["measured"]), e(c["criterion"]), figs]
-        rows.append("<tr>" + "".join(f"<td>{x}</td>" for x in cells) + verdict(c) + "</tr>")
+        tds = [f"<td>{x}</td>" for x in cells[:4]] + [f'<td class="figures">{cells[4]}</td>']
+        rows.append("<tr>" + "".join(tds) + verdict(c) + "</tr>")
     sections = []
     for c in doc["claims"]:
         img = ""

@@ -105,7 +105,7 @@ def compare(claimed, against, *, min_effect: float = 0.0, what: str) -> Verdict:
         return Verdict(INCONCLUSIVE, f"{what}: {fmt(d)}, but one seed cannot tell an effect from noise")
     se = math.sqrt(sum(s["std"] ** 2 / s["n"] for s in sides if math.isfinite(s["n"])))
     low, high = d - 2 * se, d + 2 * se
-    text = f"{what}: {fmt(d)} +- {fmt(2 * se)} (2 standard errors over seeds); the claim needs more than {fmt(min_effect)}"
+    text = f"{what}: {fmt(d)} ± {fmt(2 * se)} (2 standard errors over seeds); the claim needs more than {fmt(min_effect)}"
     if low > min_effect:
         return Verdict(REPRODUCED, text)
     if high <= min_effect:
