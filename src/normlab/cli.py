@@ -67,10 +67,13 @@ def _summary(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from .lab import data
-    from .lab.claims import PROFILES, Profile
-    from .lab.report import table
-    from .lab.reproduce import reproduce
+    try:
+        from .lab import data
+        from .lab.claims import PROFILES, Profile
+        from .lab.report import table
+        from .lab.reproduce import reproduce
+    except ImportError as e:
+        raise CommandError(f"the lab needs its extra dependencies: pip install 'normlab[lab]' ({e})") from e
 
     if args.seeds is not None and args.seeds < 1:
         raise CommandError(f"--seeds must be at least 1, got {args.seeds}")
@@ -79,6 +82,9 @@ def _reproduce(args) -> int:
         doc = reproduce(args.claims, profile, args.out, args.jobs)
     except data.DataError as e:
         raise CommandError(str(e)) from e
+    except KeyboardInterrupt:
+        print(f"\nnormlab reproduce: interrupted; finished runs are kept in {args.out}, run it again to resume", file=sys.stderr)
+        return 130
     print(table(doc))
     out = pathlib.Path(args.out)
     print(f"\n{len(doc['runs'])} runs, {doc['seconds']} s. Report: {out / 'report.html'}, {out / 'report.md'}; numbers: {out / 'results.json'}")
@@ -93,9 +99,11 @@ def _claims(args) -> int:
     return 0
 
 
-def _claim_names() -> list[str]:
-    from .lab.claims import CLAIMS
-
+def _claim_names() -> list[str] | None:
+    try:
+        from .lab.claims import CLAIMS
+    except ImportError:  # reported when `reproduce` runs
+        return None
     return list(CLAIMS)
 
 

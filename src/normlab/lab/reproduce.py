@@ -197,11 +197,11 @@ def reproduce(
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "profile": {"name": profile.name, "seeds": profile.seeds, "data": profile.data},
         "versions": versions(),
-        "claims": [
-            judge(c, [Run(r, results[r.key()]) for r in planned[c.name]]) for c in claims
-        ],
-        "runs": {k: {"config": cfg.to_dict(), "result": results[k]} for rs in planned.values() for cfg in rs for k in [cfg.key()]},
+        "claims": [judge(c, [Run(r, results[r.key()]) for r in planned[c.name]]) for c in claims],
+        "runs": {},
     }
+    for config in (c for rs in planned.values() for c in rs):
+        doc["runs"][config.key()] = {"config": config.to_dict(), "result": results[config.key()]}
     doc["seconds"] = round(time.monotonic() - start, 1)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "results.json", json.dumps(doc, indent=1).encode())

@@ -209,7 +209,8 @@ def train(config: RunConfig, dataset: datasets.Dataset | None = None) -> dict:
                 losses = []
     return {
         **log,
-        "final_test_accuracy": accuracy(model, ds.x_test, ds.y_test),
+        # a diverged run is judged by what is left of the model, not by its last log
+        "final_test_accuracy": accuracy(model, ds.x_test, ds.y_test) if diverged else log["test_accuracy"][-1],
         "classes": ds.classes,
         "diverged": diverged,
         "seconds": round(time.perf_counter() - start, 3),
