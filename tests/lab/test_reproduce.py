@@ -126,6 +126,6 @@ def test_cli_errors(tmp_path):
     run = cli("reproduce", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
     assert run.returncode == 2 and "no such dataset folder" in run.stderr and "nowhere" in run.stderr
     run = cli("reproduce", "--claims", "faster-flying")
-    assert run.returncode == 2 and "invalid choice: 'faster-flying'" in run.stderr
+    assert run.returncode == 2 and "unknown claim(s) faster-flying; the claims are: faster-training," in run.stderr
     run = cli("reproduce", "--seeds", "0", "--out", str(tmp_path / "o"))
     assert run.returncode == 2 and "--seeds must be at least 1" in run.stderr
