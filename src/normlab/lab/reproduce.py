@@ -88,6 +88,7 @@ class Progress:
         self.start = time.monotonic()
         self.tty = getattr(self.stream, "isatty", lambda: False)()
         self._shown = -1
+        self._width = 0
 
     def advance(self, cost: float) -> None:
         self.done += cost
@@ -106,7 +107,11 @@ class Progress:
         bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
         eta = f"about {_clock(left)} left" if left is not None else "estimating"
         line = f"[{bar}] {self.finished}/{self.runs} runs  {_clock(elapsed)} elapsed, {eta}"
-        self.stream.write(("\r" + line + ("\n" if self.finished == self.runs else "")) if self.tty else line + "\n")
+        if self.tty:  # redraw in place, blanking what a longer previous line left
+            self.stream.write("\r" + line.ljust(self._width) + ("\n" if self.finished == self.runs else ""))
+            self._width = len(line)
+        else:
+            self.stream.write(line + "\n")
         self.stream.flush()
 
 
