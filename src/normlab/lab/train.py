@@ -207,10 +207,11 @@ def train(config: RunConfig, dataset: datasets.Dataset | None = None) -> dict:
             if step % config.eval_every == 0 or step == config.steps:
                 record(step, losses)
                 losses = []
+        # a diverged run is judged by what is left of the model, not by its last log
+        final = accuracy(model, ds.x_test, ds.y_test) if diverged else log["test_accuracy"][-1]
     return {
         **log,
-        # a diverged run is judged by what is left of the model, not by its last log
-        "final_test_accuracy": accuracy(model, ds.x_test, ds.y_test) if diverged else log["test_accuracy"][-1],
+        "final_test_accuracy": final,
         "classes": ds.classes,
         "diverged": diverged,
         "seconds": round(time.perf_counter() - start, 3),
