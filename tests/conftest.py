@@ -38,3 +38,25 @@ def backend(request):
 
     with normlab.use_backend(request.param):
         yield request.param
+
+
+# --- the lab (tests/lab) ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lab_cache(tmp_path_factory):
+    """NORMLAB_CACHE (inherited by subprocesses) in a fresh folder: MNIST-1D is generated once per session."""
+    old = os.environ.get("NORMLAB_CACHE")
+    os.environ["NORMLAB_CACHE"] = str(tmp_path_factory.mktemp("normlab-cache"))
+    yield
+    if old is None:
+        os.environ.pop("NORMLAB_CACHE", None)
+    else:
+        os.environ["NORMLAB_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def mnist1d(lab_cache):
+    from normlab.lab import data
+
+    return data.load("mnist1d")

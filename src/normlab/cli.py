@@ -3,6 +3,8 @@
     normlab summary MODEL [--checkpoint FILE] --input-size 3 32 32
     normlab doctor MODEL [--checkpoint FILE] (--input-size 3 32 32 [--batch-size 32] | --example BATCH.pt)
     normlab fold MODEL [--checkpoint FILE] --output folded.pt
+    normlab reproduce [--claims NAME ...] [--profile quick|full] [--data mnist1d|PATH] [--out DIR] [--seeds N]
+    normlab claims
 
 MODEL is ``module:callable``: a module importable from the current directory (or a
 path to a .py file) and a callable in it that returns an ``nn.Module``; a checkpoint,
@@ -114,6 +116,41 @@ def _fold(args) -> int:
     return 0
 
 
+def _reproduce(args) -> int:
+    try:
+        from .lab import data
+        from .lab.claims import CLAIMS, PROFILES, Profile
+        from .lab.report import table
+        from .lab.reproduce import reproduce
+    except ImportError as e:
+        raise CommandError(f"the lab needs its extra dependencies: pip install 'normlab[lab]' ({e})") from e
+    unknown = [n for n in args.claims or [] if n not in CLAIMS]
+    if unknown:
+        raise CommandError(f"unknown claim(s) {', '.join(unknown)}; the claims are: {', '.join(CLAIMS)}")
+    if args.seeds is not None and args.seeds < 1:
+        raise CommandError(f"--seeds must be at least 1, got {args.seeds}")
+    profile = Profile(args.profile, args.seeds or PROFILES[args.profile].seeds, args.data)
+    try:
+        doc = reproduce(args.claims, profile, args.out, args.jobs)
+    except data.DataError as e:
+        raise CommandError(str(e)) from e
+    except KeyboardInterrupt:
+        print(f"\nnormlab reproduce: interrupted; finished runs are kept in {args.out}, run it again to resume", file=sys.stderr)
+        return 130
+    print(table(doc))
+    out = pathlib.Path(args.out)
+    print(f"\n{len(doc['runs'])} runs, {doc['seconds']} s. Report: {out / 'report.html'}, {out / 'report.md'}; numbers: {out / 'results.json'}")
+    return 0
+
+
+def _claims(args) -> int:
+    from .lab.claims import CLAIMS
+
+    for c in CLAIMS.values():
+        print(f"{c.name}\n  source:    {c.source}\n  claim:     {c.statement}\n  measured:  {c.measured}\n  criterion: {c.criterion}\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="normlab", description="Batch normalization, done properly.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -138,6 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="state_dict to load into the model")
     p.add_argument("--output", required=True, help="where to write the folded model (torch.save of the module)")
     p.set_defaults(run=_fold)
+
+    p = commands.add_parser("reproduce", help="test the claims about batch normalization and write a report")
+    p.add_argument("--claims", nargs="+", metavar="NAME", help="claims to test (default: all; see `normlab claims`)")
+    p.add_argument("--profile", choices=["quick", "full", "tiny"], default="quick",
+                   help="quick (default, minutes), full (more steps and seeds) or tiny (seconds, for tests)")
+    p.add_argument("--data", default="mnist1d", help="'mnist1d' (generated offline, the default) or a folder of MNIST IDX or CIFAR python files")
+    p.add_argument("--out", default="normlab-report", help="output folder; runs cached there are reused (default: normlab-report)")
+    p.add_argument("--seeds", type=int, help="seeds per configuration (default: the profile's)")
+    p.add_argument("--jobs", type=int, help="worker processes (default: one per core)")
+    p.set_defaults(run=_reproduce)
+
+    p = commands.add_parser("claims", help="list the claims `normlab reproduce` tests")
+    p.set_defaults(run=_claims)
     return parser
 
 

@@ -1,0 +1,23 @@
+"""The claims the lab tests, one module each, listed in :data:`CLAIMS` in report order.
+
+A claim declares its source, what it measures and its criterion before anything runs,
+and turns the runs' numbers into figures and a verdict (see :mod:`.base`). Adding a
+claim: write a module with a ``CLAIM = Claim(...)`` and add it to the list below.
+"""
+
+from __future__ import annotations
+
+from . import faster_training, higher_learning_rates, saturating_activations, stable_distributions
+from .base import PROFILES, Claim, Profile, Run, Verdict
+
+CLAIMS: dict[str, Claim] = {
+    c.name: c
+    for c in [
+        faster_training.CLAIM,
+        stable_distributions.CLAIM,
+        higher_learning_rates.CLAIM,
+        saturating_activations.CLAIM,
+    ]
+}
+
+__all__ = ["CLAIMS", "Claim", "Profile", "PROFILES", "Run", "Verdict"]

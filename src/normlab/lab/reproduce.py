@@ -1,0 +1,214 @@
+"""``normlab reproduce``: run what the claims need, judge them, write results.json and the report.
+
+1. Every claim lists its runs; runs two claims share are trained once.
+2. Each run's result is cached in ``OUT/runs/<key>.json`` (key: a hash of its whole
+   config, :meth:`RunConfig.key`), written atomically as soon as the run ends. Runs
+   already there are not trained again, so an interrupted ``reproduce`` resumes where
+   it stopped, and a second one only rebuilds the report.
+3. Missing runs are trained in ``jobs`` worker processes (one thread each), longest
+   first, with a progress bar and ETA on stderr.
+4. Each claim summarizes its runs into figures and a verdict, all stored with every
+   run, the profile and the library versions in ``OUT/results.json``; the report is
+   then written from that file alone (:mod:`normlab.lab.report`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime
+import functools
+import json
+import multiprocessing
+import os
+import pathlib
+import platform
+import sys
+import time
+from importlib import metadata
+
+from . import data as datasets
+from .claims import CLAIMS, Claim, Profile, Run
+from .data import atomic_write
+from .models import build, macs
+from .train import RESULT_VERSION, RunConfig, train
+
+__all__ = ["reproduce", "run_all", "judge", "default_jobs"]
+
+
+def default_jobs() -> int:
+    """Worker processes: one per core, at most 8 (the runs are single-threaded)."""
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _run_path(out: pathlib.Path, config: RunConfig) -> pathlib.Path:
+    return out / "runs" / f"{config.key()}.json"
+
+
+def load_run(out: pathlib.Path, config: RunConfig) -> dict | None:
+    """The cached result of ``config`` under ``out``, or None (a damaged file counts as missing)."""
+    try:
+        stored = json.loads(_run_path(out, config).read_text())
+    except (OSError, ValueError):
+        return None
+    return stored["result"] if stored.get("config") == config.to_dict() else None
+
+
+@functools.lru_cache(maxsize=2)
+def _dataset(name: str) -> datasets.Dataset:
+    return datasets.load(name)
+
+
+def _train_and_store(config: RunConfig, out: pathlib.Path) -> dict:
+    """Train one run and cache its result (in a worker process or in this one)."""
+    result = train(config, _dataset(config.data))
+    text = json.dumps({"config": config.to_dict(), "result": result})
+    atomic_write(_run_path(out, config), text.encode())
+    return result
+
+
+def _cost(config: RunConfig) -> float:
+    """Rough work of a run, in multiply-adds: training steps (3x forward) and evaluations, plus per-step overhead."""
+    ds = _dataset(config.data)
+    per_sample = _macs(config.model, ds.sample_shape, ds.classes)
+    evals = config.steps // config.eval_every + 2
+    return config.steps * (3 * config.batch_size * per_sample + 3e6) + evals * len(ds.x_test) * per_sample
+
+
+@functools.lru_cache(maxsize=None)
+def _macs(spec, sample_shape, classes) -> int:
+    return macs(build(spec, sample_shape, classes), sample_shape)
+
+
+class Progress:
+    """``[#####.....] 12/40 runs  1:02 elapsed, about 0:48 left`` on stderr, weighted by each run's cost."""
+
+    def __init__(self, total: float, runs: int, stream=None):
+        self.total, self.runs, self.done, self.finished = total, runs, 0.0, 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.start = time.monotonic()
+        self.tty = getattr(self.stream, "isatty", lambda: False)()
+        self._shown = -1
+        self._width = 0
+
+    def advance(self, cost: float) -> None:
+        self.done += cost
+        self.finished += 1
+        self.show()
+
+    def show(self) -> None:
+        if not self.runs:
+            return
+        frac = min(self.done / self.total, 1.0) if self.total else 1.0
+        if not self.tty and int(frac * 10) == self._shown and self.finished < self.runs:
+            return  # in a log, one line per tenth
+        self._shown = int(frac * 10)
+        elapsed = time.monotonic() - self.start
+        left = elapsed * (1 - frac) / frac if frac > 0 else None
+        bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
+        eta = f"about {_clock(left)} left" if left is not None else "estimating"
+        line = f"[{bar}] {self.finished}/{self.runs} runs  {_clock(elapsed)} elapsed, {eta}"
+        if self.tty:  # redraw in place, blanking what a longer previous line left
+            self.stream.write("\r" + line.ljust(self._width) + ("\n" if self.finished == self.runs else ""))
+            self._width = len(line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}:{s:02d}"
+
+
+def run_all(configs: list[RunConfig], out: pathlib.Path, jobs: int = 1, progress: bool = True) -> dict[str, dict]:
+    """Results of every config by key, training those not cached under ``out``."""
+    unique = {c.key(): c for c in configs}
+    results = {k: r for k, c in unique.items() if (r := load_run(out, c)) is not None}
+    todo = sorted((c for k, c in unique.items() if k not in results), key=_cost, reverse=True)
+    if not todo:
+        return results
+    costs = {c.key(): _cost(c) for c in todo}
+    bar = Progress(sum(costs.values()), len(todo)) if progress else None
+    if progress:
+        bar.stream.write(f"{len(todo)} runs to train ({len(results)} already done), {min(jobs, len(todo))} at a time\n")
+        bar.show()
+    if jobs <= 1:
+        for c in todo:
+            results[c.key()] = _train_and_store(c, out)
+            if bar:
+                bar.advance(costs[c.key()])
+        return results
+    context = multiprocessing.get_context("spawn")  # fork after torch has started threads is unsafe
+    pool = cf.ProcessPoolExecutor(min(jobs, len(todo)), mp_context=context)
+    try:
+        futures = {pool.submit(_train_and_store, c, out): c for c in todo}
+        for f in cf.as_completed(futures):
+            c = futures[f]
+            results[c.key()] = f.result()
+            if bar:
+                bar.advance(costs[c.key()])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
+def judge(claim: Claim, runs: list[Run]) -> dict:
+    """A claim's entry in results.json: what it declares, its figures and its verdict."""
+    figures = claim.summarize(runs)
+    v = claim.verdict(figures)
+    return {
+        "name": claim.name,
+        "source": claim.source,
+        "statement": claim.statement,
+        "measured": claim.measured,
+        "criterion": claim.criterion,
+        "runs": [r.config.key() for r in runs],
+        "figures": figures,
+        "verdict": v.verdict,
+        "explanation": v.explanation,
+    }
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in ("normlab", "torch", "numpy", "mnist1d", "matplotlib"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def reproduce(
+    names: list[str] | None = None,
+    profile: Profile | None = None,
+    out: str | os.PathLike = "normlab-report",
+    jobs: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Test the claims ``names`` (default: all) under ``profile``; write ``out``/results.json and the report."""
+    from . import report
+
+    profile = profile or Profile("quick", 3)
+    claims = [CLAIMS[n] for n in (names or list(CLAIMS))]
+    out = pathlib.Path(out)
+    start = time.monotonic()
+    _dataset(profile.data)  # fail early on a bad --data, and generate MNIST-1D once, before the workers start
+    planned = {c.name: c.runs(profile) for c in claims}
+    results = run_all([r for rs in planned.values() for r in rs], out, jobs or default_jobs(), progress)
+    doc = {
+        "format": 1,
+        "result_version": RESULT_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "profile": {"name": profile.name, "seeds": profile.seeds, "data": profile.data},
+        "versions": versions(),
+        "claims": [judge(c, [Run(r, results[r.key()]) for r in planned[c.name]]) for c in claims],
+        "runs": {},
+    }
+    for config in (c for rs in planned.values() for c in rs):
+        doc["runs"][config.key()] = {"config": config.to_dict(), "result": results[config.key()]}
+    doc["seconds"] = round(time.monotonic() - start, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "results.json", json.dumps(doc, indent=1).encode())
+    report.write(out / "results.json")
+    return doc

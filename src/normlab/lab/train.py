@@ -1,0 +1,218 @@
+"""One training run of the lab: a :class:`RunConfig` in, a JSON-ready result out.
+
+The loop is deliberately plain: cross-entropy, SGD (with optional momentum) or Adam,
+mini-batches drawn without replacement from a per-run ``torch.Generator``, weights
+initialized after ``torch.manual_seed(seed)``, one thread. The same config gives the
+same numbers, bit for bit, in any process, which is what lets runs be cached by
+:meth:`RunConfig.key` and resumed.
+
+Every ``eval_every`` steps (and at step 0 and at the end) it logs the mean training
+loss since the last log, the test accuracy, and the output of each requested probe
+(:data:`PROBES`, functions of the model and a fixed probe batch of test samples).
+
+A loss that becomes NaN or infinite, or a normalization layer that refuses non-finite
+statistics (``FloatingPointError``), ends the run as *diverged*: recorded with its step
+and reason, the test accuracy of what is left of the model, never an exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import data as datasets
+from .models import ACTIVATIONS, ModelSpec, build
+
+__all__ = ["RunConfig", "train", "PROBES", "probe", "RESULT_VERSION"]
+
+# Bump when a change to the loop changes results: cached runs of older versions are redone.
+RESULT_VERSION = 1
+
+OPTIMIZERS = {
+    "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum),
+    "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr),
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelSpec
+    data: str = "mnist1d"  # "mnist1d" or a dataset folder (see normlab.lab.data)
+    optimizer: str = "sgd"  # a key of OPTIMIZERS
+    lr: float = 0.1
+    momentum: float = 0.0  # sgd only
+    batch_size: int = 60
+    steps: int = 1000
+    eval_every: int = 50
+    seed: int = 0
+    probes: tuple[str, ...] = ()  # keys of PROBES
+    probe_size: int = 500  # test samples the probes see, the same at every log
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"RunConfig: optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.batch_size < 2 or self.steps < 1 or self.eval_every < 1:
+            raise ValueError("RunConfig: batch_size must be at least 2, steps and eval_every at least 1")
+
+    def to_dict(self) -> dict:
+        """The config as JSON has it (lists, not tuples)."""
+        return {**asdict(self), "probes": list(self.probes)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        return cls(**{**d, "model": ModelSpec(**d["model"]), "probes": tuple(d.get("probes", ()))})
+
+    def key(self) -> str:
+        """A hash of everything that determines the result: the cache key of this run."""
+        text = json.dumps({"version": RESULT_VERSION, **self.to_dict()}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def but(self, **changes) -> RunConfig:
+        """A copy with some fields changed; ``model_*`` keywords change the model spec."""
+        model = {k[6:]: changes.pop(k) for k in list(changes) if k.startswith("model_")}
+        return replace(self, model=replace(self.model, **model), **changes)
+
+
+# --- probes: statistics recorded during training ----------------------------------------
+
+PROBES: dict = {}
+
+
+def probe(name: str):
+    """Register ``fn(model, spec, x_probe) -> JSON-ready value`` as the probe ``name``."""
+
+    def register(fn):
+        PROBES[name] = fn
+        return fn
+
+    return register
+
+
+@contextlib.contextmanager
+def _as_in_training(model: nn.Module):
+    """Forward in training mode (batch statistics) without changing any buffer or the RNG."""
+    buffers = [b.clone() for b in model.buffers()]
+    rng = torch.get_rng_state()
+    was_training = model.training
+    model.train()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for b, saved in zip(model.buffers(), buffers):
+            b.copy_(saved)
+        torch.set_rng_state(rng)
+        model.train(was_training)
+
+
+@probe("last_activation_input")
+def last_activation_input(model: nn.Module, spec: ModelSpec, x: torch.Tensor) -> list[list[float]]:
+    """15th, 50th and 85th percentiles, over the probe batch, of the input to the last
+    hidden layer's activation, for its first ten units, as the network sees it in
+    training (batch statistics): Ioffe & Szegedy's Fig. 1(b, c)."""
+    act = [m for m in model.modules() if isinstance(m, ACTIVATIONS[spec.activation])][-1]
+    seen = []
+    handle = act.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].detach()))
+    try:
+        with _as_in_training(model):
+            model(x)
+    finally:
+        handle.remove()
+    units = seen[0].flatten(2).mean(2) if seen[0].dim() > 2 else seen[0]  # conv: mean over positions
+    q = torch.quantile(units[:, :10].double(), torch.tensor([0.15, 0.5, 0.85], dtype=torch.float64), dim=0)
+    return q.T.tolist()  # [unit][percentile]
+
+
+# --- the loop -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
+    """Fraction classified correctly in eval mode; a sample with non-finite outputs counts as wrong."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            out = model(x[i : i + batch])
+            ok = (out.argmax(1) == y[i : i + batch]) & torch.isfinite(out).all(1)
+            correct += int(ok.sum())
+    model.train(was_training)
+    return correct / len(x)
+
+
+def _batches(n: int, size: int, generator: torch.Generator):
+    """Indices of mini-batches, epoch after epoch, each epoch a fresh permutation (last partial batch dropped)."""
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for i in range(0, n - size + 1, size):
+            yield order[i : i + size]
+
+
+def train(config: RunConfig, dataset: datasets.Dataset | None = None) -> dict:
+    """Train as ``config`` says and return the logged history (a dict of plain numbers and lists)."""
+    ds = dataset if dataset is not None else datasets.load(config.data)
+    if config.batch_size > len(ds.x_train):
+        raise ValueError(f"RunConfig: batch_size {config.batch_size} exceeds the {len(ds.x_train)} training samples")
+    start = time.perf_counter()
+    with _one_thread():
+        torch.manual_seed(config.seed)
+        model = build(config.model, ds.sample_shape, ds.classes)
+        optimizer = OPTIMIZERS[config.optimizer](model.parameters(), config)
+        generator = torch.Generator().manual_seed(config.seed)
+        x_probe = ds.x_test[: config.probe_size]
+        log = {"step": [], "train_loss": [], "test_accuracy": [], "probes": {p: [] for p in config.probes}}
+
+        def record(step, losses):
+            log["step"].append(step)
+            log["train_loss"].append(sum(losses) / len(losses) if losses else None)
+            log["test_accuracy"].append(accuracy(model, ds.x_test, ds.y_test))
+            for name in config.probes:
+                log["probes"][name].append(PROBES[name](model, config.model, x_probe))
+
+        diverged = None
+        losses: list[float] = []
+        record(0, losses)
+        model.train()
+        batches = _batches(len(ds.x_train), config.batch_size, generator)
+        for step in range(1, config.steps + 1):
+            idx = next(batches)
+            try:
+                loss = F.cross_entropy(model(ds.x_train[idx]), ds.y_train[idx])
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"the training loss is {loss.item()}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            except FloatingPointError as e:
+                diverged = {"step": step, "reason": str(e)}
+                break
+            losses.append(loss.item())
+            if step % config.eval_every == 0 or step == config.steps:
+                record(step, losses)
+                losses = []
+        # a diverged run is judged by what is left of the model, not by its last log
+        final = accuracy(model, ds.x_test, ds.y_test) if diverged else log["test_accuracy"][-1]
+    return {
+        **log,
+        "final_test_accuracy": final,
+        "classes": ds.classes,
+        "diverged": diverged,
+        "seconds": round(time.perf_counter() - start, 3),
+    }

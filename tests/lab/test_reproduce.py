@@ -1,0 +1,131 @@
+"""`normlab reproduce` end to end: cached runs, resuming after a kill, the report from results.json alone, the CLI."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from normlab.lab import reproduce as rep
+from normlab.lab import report
+from normlab.lab.claims import PROFILES
+from normlab.lab.models import ModelSpec
+from normlab.lab.train import RunConfig
+
+CONFIGS = [RunConfig(ModelSpec("mlp", 1, 16, "relu", norm), steps=20, eval_every=10, seed=s) for norm in ("none", "bn") for s in (0, 1)]
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "normlab", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def without_timing(doc):
+    """results.json with what legitimately differs between two runs (wall-clock times) removed."""
+    doc = json.loads(json.dumps(doc))
+    for key in ("created", "seconds"):
+        doc.pop(key, None)
+    for r in doc["runs"].values():
+        r["result"].pop("seconds")
+    return doc
+
+
+def test_runs_are_cached_by_config(tmp_path, monkeypatch, mnist1d):
+    first = rep.run_all(CONFIGS, tmp_path, jobs=1, progress=False)
+    assert sorted(p.stem for p in (tmp_path / "runs").glob("*.json")) == sorted(c.key() for c in CONFIGS)
+    monkeypatch.setattr(rep, "train", lambda *a: pytest.fail("a cached run was trained again"))
+    assert rep.run_all(CONFIGS + CONFIGS[:1], tmp_path, jobs=1, progress=False) == first
+
+
+def test_a_damaged_cache_entry_is_trained_again(tmp_path, mnist1d):
+    first = rep.run_all(CONFIGS[:2], tmp_path, jobs=1, progress=False)
+    (tmp_path / "runs" / f"{CONFIGS[0].key()}.json").write_text('{"config": {"trunc')
+    again = rep.run_all(CONFIGS[:2], tmp_path, jobs=1, progress=False)
+    assert {k: {**v, "seconds": 0} for k, v in again.items()} == {k: {**v, "seconds": 0} for k, v in first.items()}
+
+
+def test_progress_bar_in_a_log():
+    stream = io.StringIO()
+    bar = rep.Progress(total=10.0, runs=2, stream=stream)
+    bar.advance(4.0)
+    bar.advance(6.0)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("[############..................] 1/2 runs") and "left" in lines[0]
+    assert lines[-1].startswith("[##############################] 2/2 runs")
+
+
+def test_report_is_rebuilt_from_results_json_alone(tmp_path, mnist1d):
+    rep.reproduce(["stable-distributions"], PROFILES["tiny"], tmp_path, jobs=1, progress=False)
+    md = (tmp_path / "report.md").read_text()
+    for p in (tmp_path / "runs").glob("*.json"):
+        p.unlink()
+    (tmp_path / "report.md").unlink()
+    report.write(tmp_path / "results.json")
+    assert (tmp_path / "report.md").read_text() == md
+    assert md.startswith("# normlab") and "| claim | source | measured | criterion |" in md
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill(tmp_path):
+    """Kill `reproduce` mid-way, run it again: it trains only what is missing and ends with the same numbers."""
+    args = ("reproduce", "--profile", "tiny", "--claims", "higher-learning-rates", "--jobs", "1")
+    clean = cli(*args, "--out", str(tmp_path / "clean"))
+    assert clean.returncode == 0, clean.stderr
+    total = len(list((tmp_path / "clean" / "runs").glob("*.json")))
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "normlab", *args, "--out", str(out)], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list((out / "runs").glob("*.json"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list((out / "runs").glob("*.json")))
+    assert 3 <= done < total and not (out / "results.json").exists(), "the kill came too late to test anything"
+
+    resumed = cli(*args, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{total - done} runs to train ({done} already done)" in resumed.stderr
+    a, b = (json.loads((d / "results.json").read_text()) for d in (tmp_path / "clean", out))
+    assert without_timing(a) == without_timing(b)
+
+
+@pytest.mark.slow
+def test_cli_end_to_end(tmp_path):
+    """All claims on the tiny profile, two worker processes: the table, the report, results.json."""
+    out = tmp_path / "report"
+    run = cli("reproduce", "--profile", "tiny", "--out", str(out), "--jobs", "2")
+    assert run.returncode == 0, run.stderr
+    for name in ("faster-training", "stable-distributions", "higher-learning-rates", "saturating-activations"):
+        assert any(line.startswith(name) and line.endswith(("reproduced", "inconclusive")) for line in run.stdout.splitlines()), run.stdout
+    assert "runs to train" in run.stderr and "2 at a time" in run.stderr
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["profile"] == {"name": "tiny", "seeds": 2, "data": "mnist1d"}
+    assert doc["versions"]["torch"] and doc["versions"]["mnist1d"] and len(doc["claims"]) == 4
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and "http" not in html.replace("http-equiv", "")
+    for c in doc["claims"]:
+        assert c["criterion"] in html.replace("&#x27;", "'") and f'class="{c["verdict"].replace(" ", "-")}"' in html
+    md = (out / "report.md").read_text()
+    assert all(f"(plots/{c['name']}.png)" in md for c in doc["claims"])
+    again = cli("reproduce", "--profile", "tiny", "--out", str(out), "--jobs", "2")  # everything cached
+    assert again.returncode == 0 and "runs to train" not in again.stderr
+
+
+def test_claims_command():
+    run = cli("claims")
+    assert run.returncode == 0
+    for name in ("faster-training", "stable-distributions", "higher-learning-rates", "saturating-activations"):
+        assert f"{name}\n  source:" in run.stdout
+
+
+def test_cli_errors(tmp_path):
+    run = cli("reproduce", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
+    assert run.returncode == 2 and "no such dataset folder" in run.stderr and "nowhere" in run.stderr
+    run = cli("reproduce", "--claims", "faster-flying")
+    assert run.returncode == 2 and "unknown claim(s) faster-flying; the claims are: faster-training," in run.stderr
+    run = cli("reproduce", "--seeds", "0", "--out", str(tmp_path / "o"))
+    assert run.returncode == 2 and "--seeds must be at least 1" in run.stderr

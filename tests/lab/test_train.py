@@ -1,0 +1,105 @@
+"""The training loop: deterministic, logs what it says, probes without side effects, survives divergence."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from normlab.lab import train
+from normlab.lab.models import ModelSpec, build
+from normlab.lab.train import RunConfig
+
+BN_MLP = RunConfig(ModelSpec("mlp", 3, 100, "sigmoid", "bn"), steps=30, eval_every=10, probes=("last_activation_input",))
+
+
+def strip(result):
+    return {k: v for k, v in result.items() if k != "seconds"}
+
+
+def test_deterministic_given_the_seed(mnist1d):
+    first = train.train(BN_MLP, mnist1d)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the loop runs on one thread whatever the caller uses
+    try:
+        again = train.train(BN_MLP, mnist1d)
+    finally:
+        torch.set_num_threads(threads)
+    assert strip(first) == strip(again)
+    other = train.train(BN_MLP.but(seed=1), mnist1d)
+    assert other["test_accuracy"] != first["test_accuracy"]
+    json.dumps(first)  # plain numbers and lists only
+
+
+def test_history(mnist1d):
+    r = train.train(BN_MLP.but(steps=25), mnist1d)
+    assert r["step"] == [0, 10, 20, 25]
+    assert r["train_loss"][0] is None and all(0 < x < 5 for x in r["train_loss"][1:])
+    assert len(r["test_accuracy"]) == 4 and r["final_test_accuracy"] == r["test_accuracy"][-1]
+    assert r["diverged"] is None and r["classes"] == 10
+    p = np.asarray(r["probes"]["last_activation_input"])
+    assert p.shape == (4, 10, 3) and (p[:, :, 0] <= p[:, :, 1]).all() and (p[:, :, 1] <= p[:, :, 2]).all()
+
+
+def test_training_loss_is_the_mean_since_the_last_log(mnist1d, monkeypatch):
+    seen = []
+    real = torch.nn.functional.cross_entropy
+    monkeypatch.setattr(train.F, "cross_entropy", lambda *a: seen.append(real(*a).item()) or real(*a))
+    r = train.train(RunConfig(ModelSpec("mlp", 1, 8), steps=6, eval_every=3), mnist1d)
+    assert r["train_loss"][1:] == pytest.approx([np.mean(seen[:3]), np.mean(seen[3:])])
+
+
+def test_probe_matches_a_direct_computation(mnist1d):
+    """The percentiles of the last sigmoid's input, computed here by hand with NumPy, in training mode."""
+    torch.manual_seed(0)
+    model = build(BN_MLP.model, mnist1d.sample_shape, 10)
+    x = mnist1d.x_test[:500]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    got = np.asarray(train.PROBES["last_activation_input"](model, BN_MLP.model, x))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), f"the probe changed {k}"
+    with torch.no_grad():
+        h = x.flatten(1).double().numpy()
+        for i, m in enumerate(model[1:-1]):
+            if isinstance(m, torch.nn.Linear):
+                h = h @ m.weight.double().numpy().T
+            elif isinstance(m, torch.nn.Sigmoid):
+                if i == len(model) - 3:
+                    break
+                h = 1 / (1 + np.exp(-h))
+            else:  # batch norm with this batch's statistics
+                h = (h - h.mean(0)) / np.sqrt(h.var(0) + m.eps) * m.weight.double().numpy() + m.bias.double().numpy()
+    expected = np.percentile(h[:, :10], [15, 50, 85], axis=0).T
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_probes_do_not_change_training(mnist1d):
+    with_probe = train.train(BN_MLP, mnist1d)
+    without = train.train(BN_MLP.but(probes=()), mnist1d)
+    assert with_probe["test_accuracy"] == without["test_accuracy"] and with_probe["train_loss"] == without["train_loss"]
+
+
+@pytest.mark.parametrize("norm", ["none", "bn"])
+def test_divergence_is_recorded_not_raised(mnist1d, norm):
+    config = RunConfig(ModelSpec("mlp", 3, 100, "relu", norm), lr=1e12, steps=50, eval_every=10)
+    r = train.train(config, mnist1d)
+    assert r["diverged"] is not None and 1 <= r["diverged"]["step"] < 50
+    assert ("loss" in r["diverged"]["reason"]) or ("not finite" in r["diverged"]["reason"])
+    assert r["step"][-1] < r["diverged"]["step"] and 0 <= r["final_test_accuracy"] <= 1
+
+
+def test_config_key_and_round_trip():
+    assert BN_MLP.key() == RunConfig.from_dict(json.loads(json.dumps(BN_MLP.to_dict()))).key()
+    assert RunConfig.from_dict(BN_MLP.to_dict()) == BN_MLP
+    keys = {BN_MLP.key(), BN_MLP.but(lr=0.2).key(), BN_MLP.but(model_norm="none").key(), BN_MLP.but(seed=1).key()}
+    assert len(keys) == 4
+    assert BN_MLP.but(model_width=7).model.width == 7
+
+
+def test_bad_configs(mnist1d):
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        RunConfig(ModelSpec(), optimizer="lbfgs")
+    with pytest.raises(ValueError, match="batch_size"):
+        RunConfig(ModelSpec(), batch_size=1)
+    with pytest.raises(ValueError, match="exceeds the 4000 training samples"):
+        train.train(RunConfig(ModelSpec(), batch_size=5000), mnist1d)
