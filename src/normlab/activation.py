@@ -123,7 +123,7 @@ class InPlaceABN(torch.autograd.Function):
         x_hat = z if bias is None else z - bias
         x_hat = x_hat if weight is None else x_hat / weight
         dz = dy.to(inv_std.dtype) * slope
-        m = math.prod(y.shape[d] for d in dims)
+        m = math.prod([y.shape[d] for d in dims])
         sum_dz = dz.sum(dims, keepdim=True)
         sum_dz_xhat = (dz * x_hat).sum(dims, keepdim=True)
         gain = inv_std if weight is None else weight * inv_std

@@ -109,8 +109,8 @@ class Statistics:
 
     def _local_count(self, x) -> int:
         if self.mask is None:
-            return math.prod(x.shape[d] for d in self.dims)
-        broadcast = math.prod(x.shape[d] for d in self.dims if self.mask.shape[d] == 1)
+            return math.prod([x.shape[d] for d in self.dims])
+        broadcast = math.prod([x.shape[d] for d in self.dims if self.mask.shape[d] == 1])
         return int(self.mask.sum()) * broadcast
 
     def _total_count(self, local_count: int) -> int:

@@ -182,14 +182,19 @@ def batch_norm(
     False at padded positions, which the batch statistics then leave out; see
     :func:`batch_mask`.
     """
-    mask = batch_mask(input, mask, "batch_norm")
+    return _batch_norm_call("batch_norm", input, running_mean, running_var, weight, bias, training, momentum, eps, mask)
+
+
+def _batch_norm_call(who, input, running_mean, running_var, weight, bias, training, momentum, eps, mask,
+                     rmax=1.0, dmax=0.0) -> torch.Tensor:
+    """What :func:`batch_norm` and :func:`batch_renorm` do once their own arguments are checked."""
+    mask = batch_mask(input, mask, who)
+    _check_eps(eps, training, who)
     if not training:
-        _check_eps(eps, training, "batch_norm")
         return batch_norm_inference(input, running_mean, running_var, weight, bias, eps)
     statistics = Statistics(input, batch_dims(input), mask)
-    _refuse_too_few_values(statistics, input, "batch_norm")
-    _check_eps(eps, training, "batch_norm")
-    return batch_normalize(input, statistics, running_mean, running_var, weight, bias, momentum, eps)
+    _refuse_too_few_values(statistics, input, who)
+    return batch_normalize(input, statistics, running_mean, running_var, weight, bias, momentum, eps, rmax, dmax)
 
 
 def batch_renorm(
@@ -216,18 +221,12 @@ def batch_renorm(
     running statistics before this step updates them, as batch norm does. Evaluation:
     batch norm with the running statistics. ``rmax=1, dmax=0`` is batch norm.
     """
-    mask = batch_mask(input, mask, "batch_renorm")
     if rmax < 1 or dmax < 0:
         raise ValueError(f"batch_renorm: needs rmax >= 1 and dmax >= 0, got rmax={rmax}, dmax={dmax}")
-    if not training:
-        _check_eps(eps, training, "batch_renorm")
-        return batch_norm_inference(input, running_mean, running_var, weight, bias, eps)
-    if running_mean is None or running_var is None:
+    if training and (running_mean is None or running_var is None):
         raise ValueError("batch_renorm: training needs running_mean and running_var: r and d compare the batch statistics with them")
-    statistics = Statistics(input, batch_dims(input), mask)
-    _refuse_too_few_values(statistics, input, "batch_renorm")
-    _check_eps(eps, training, "batch_renorm")
-    return batch_normalize(input, statistics, running_mean, running_var, weight, bias, momentum, eps, rmax, dmax)
+    return _batch_norm_call("batch_renorm", input, running_mean, running_var, weight, bias, training, momentum, eps,
+                            mask, rmax, dmax)
 
 
 def ghost_batch_norm(

@@ -21,7 +21,6 @@ cannot run an operation falls back to this rule for that operation.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import importlib.util
 
 import torch
@@ -53,7 +52,9 @@ TRITON_RULE: dict[tuple[str, str, torch.dtype], int | None] = {
     for dtype in (torch.float16, torch.bfloat16, torch.float32)
 }
 
-_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("normlab_backend", default=None)
+# The forced backend: process-wide, like torch.backends' flags, and a plain global so that
+# torch.compile can trace (and guard on) the choice.
+_forced: str | None = None
 
 
 def _check_name(name: str | None) -> None:
@@ -62,14 +63,15 @@ def _check_name(name: str | None) -> None:
 
 
 def set_backend(name: str | None) -> None:
-    """Force ``name`` for every later call in this context; None restores the automatic choice."""
+    """Force ``name`` for every later call; None restores the automatic choice."""
+    global _forced
     _check_name(name)
-    _forced.set(name)
+    _forced = name
 
 
 def get_backend() -> str | None:
     """The forced backend, or None when the choice is automatic."""
-    return _forced.get()
+    return _forced
 
 
 @contextlib.contextmanager
@@ -79,12 +81,13 @@ def use_backend(name: str | None):
     with normlab.use_backend("normlab"):
         y = bn(x)  # runs normlab's own implementation
     """
+    global _forced
     _check_name(name)
-    token = _forced.set(name)
+    previous, _forced = _forced, name
     try:
         yield
     finally:
-        _forced.reset(token)
+        _forced = previous
 
 
 def can_run(backend: str, op: str, x: torch.Tensor) -> bool:
@@ -134,9 +137,8 @@ def _triton_runs_on(x: torch.Tensor) -> bool:
 
 def choose(op: str, x: torch.Tensor) -> str:
     """The backend that runs ``op`` on ``x``."""
-    forced = _forced.get()
-    if forced is not None and can_run(forced, op, x):
-        return forced
+    if _forced is not None and can_run(_forced, op, x):
+        return _forced
     if x.is_cuda and can_run("triton", op, x) and triton_is_faster(op, x):
         return "triton"
     return "native" if can_run("native", op, x) else "normlab"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["NormBase", "check_checkpoint_shapes", "check_tensor"]
+__all__ = ["NormBase", "check_checkpoint_shapes", "check_tensor", "register_affine", "reset_affine"]
 
 
 def check_tensor(name: str, input) -> None:
@@ -44,6 +44,20 @@ def check_checkpoint_shapes(name: str, module: nn.Module, state_dict, prefix: st
                 f"{name}: the checkpoint's '{prefix + key}' has shape {tuple(theirs.shape)}, "
                 f"expected {tuple(mine.shape)}; it was saved from a layer of another size"
             )
+
+
+def register_affine(module: nn.Module, shape, affine: bool, bias: bool, factory: dict) -> None:
+    """Give ``module`` a ``weight`` and (if ``bias``) a ``bias`` parameter of ``shape``, or None."""
+    module.register_parameter("weight", nn.Parameter(torch.empty(shape, **factory)) if affine else None)
+    module.register_parameter("bias", nn.Parameter(torch.empty(shape, **factory)) if affine and bias else None)
+
+
+def reset_affine(module: nn.Module) -> None:
+    """Weight 1, bias 0: the identity map, where the layer has them."""
+    if module.weight is not None:
+        nn.init.ones_(module.weight)
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
 
 
 class NormBase(nn.Module):
@@ -81,12 +95,7 @@ class NormBase(nn.Module):
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            self.bias = nn.Parameter(torch.empty(num_features, **factory)) if bias else None
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        register_affine(self, num_features, affine, bias, factory)
         if track_running_stats:
             self.register_buffer("running_mean", torch.zeros(num_features, **factory))
             self.register_buffer("running_var", torch.ones(num_features, **factory))
@@ -111,10 +120,7 @@ class NormBase(nn.Module):
     def reset_parameters(self) -> None:
         """Running statistics reset, weight 1, bias 0."""
         self.reset_running_stats()
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def _momentum_for_this_batch(self) -> float:
         """Count the batch (in training, when tracking) and return its weight in the running average.
