@@ -160,7 +160,7 @@ def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
     is returned.
     """
 
-    def convert(m: nn.Module) -> nn.Module | None:
+    def convert(m: nn.Module, _name: str) -> nn.Module | None:
         if isinstance(m, (_Synchronized, GhostBatchNorm, FrozenBatchNorm)):
             return None
         if isinstance(m, _BatchRenorm):

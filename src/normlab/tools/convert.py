@@ -15,6 +15,7 @@ import inspect
 import torch
 from torch import nn
 
+from ..nn._swap import replace_modules
 from ._common import label
 
 __all__ = ["convert", "counterparts"]
@@ -83,17 +84,4 @@ def convert(model: nn.Module, to: str = "normlab") -> nn.Module:
     object only when the model is itself a swapped layer).
     """
     table = counterparts(to)
-    new: dict[int, nn.Module] = {}
-
-    def swapped(m: nn.Module, name: str) -> nn.Module:
-        if id(m) not in new:
-            new[id(m)] = _rebuild(m, table[type(m)], name)
-        return new[id(m)]
-
-    if type(model) in table:
-        return swapped(model, "")
-    for parent_name, parent in list(model.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            if type(child) in table:
-                setattr(parent, child_name, swapped(child, f"{parent_name}.{child_name}".lstrip(".")))
-    return model
+    return replace_modules(model, lambda m, name: _rebuild(m, table[type(m)], name) if type(m) in table else None)

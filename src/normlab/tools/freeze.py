@@ -33,4 +33,4 @@ def freeze_batchnorm(model: nn.Module) -> nn.Module:
             "freeze_batchnorm: these batch norms have no running statistics (track_running_stats=False) "
             f"to freeze to: {', '.join(untracked)}; nothing was changed"
         )
-    return replace_modules(model, lambda m: FrozenBatchNorm.from_batchnorm(m) if isinstance(m, _BATCH_NORMS) else None)
+    return replace_modules(model, lambda m, _name: FrozenBatchNorm.from_batchnorm(m) if isinstance(m, _BATCH_NORMS) else None)
