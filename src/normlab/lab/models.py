@@ -44,13 +44,13 @@ _RENORM = (nlnn.BatchRenorm1d, nlnn.BatchRenorm1d, nlnn.BatchRenorm2d, nlnn.Batc
 # to a few thousand steps (see docs/claims.md, small-batches).
 RENORM_SCHEDULE = {"warmup_steps": 100, "dmax_full_at": 500, "rmax_full_at": 800}
 GHOST_BATCH = 16  # "ghost": the virtual batch size of ghost batch norm
-GROUPS = 4  # "gn": channel groups (Wu & He use 32 for ResNet's 64-2048 channels)
+GN_GROUPS = 4  # "gn": channel groups (Wu & He use 32 for ResNet's 64-2048 channels)
 
 # name -> factory(channels, spatial dims of the activations: 0 for an MLP) -> module, or None
 NORMS = {
     "none": None,
     "bn": _bn,
-    "gn": lambda c, s: nlnn.GroupNorm(GROUPS, c),
+    "gn": lambda c, s: nlnn.GroupNorm(GN_GROUPS, c),
     # layer norm over the features of an MLP layer; in a CNN over (C, *spatial), per-channel affine
     # (Wu & He's LN: group norm with one group)
     "ln": lambda c, s: nlnn.LayerNorm(c) if s == 0 else nlnn.GroupNorm(1, c),
