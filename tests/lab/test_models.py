@@ -83,3 +83,38 @@ def test_cnn_too_deep_for_its_input():
         build(ModelSpec("cnn", depth=8, width=4), (1, 40), 10)
     with pytest.raises(ValueError, match=r"\(C, L\) or \(C, H, W\)"):
         build(ModelSpec("cnn"), (40,), 10)
+
+
+def test_the_normalizations_of_the_table():
+    mlp = {n: build(ModelSpec("mlp", 1, 8, "relu", n), (1, 12), 3)[2] for n in ("gn", "ln", "renorm", "ghost")}
+    cnn = {n: build(ModelSpec("cnn", 1, 8, "relu", n, final_width=8), (1, 12), 3)[1] for n in ("gn", "ln", "renorm")}
+    assert type(mlp["gn"]) is normlab.nn.GroupNorm and mlp["gn"].num_groups == 4
+    assert type(mlp["ln"]) is normlab.nn.LayerNorm and mlp["ln"].normalized_shape == (8,)
+    # in a CNN, "layer norm" is Wu & He's: each sample over all its channels and positions, per-channel affine
+    assert type(cnn["ln"]) is normlab.nn.GroupNorm and cnn["ln"].num_groups == 1
+    x = torch.randn(5, 8, 12)
+    torch.testing.assert_close(cnn["ln"](x), torch.nn.functional.group_norm(x, 1, eps=1e-5))
+    assert cnn["gn"].num_groups == 4
+    for renorm in (mlp["renorm"], cnn["renorm"]):
+        assert type(renorm) is normlab.nn.BatchRenorm1d and renorm.limits(0) == (1.0, 0.0)
+        assert renorm.limits(800) == (3.0, 5.0)  # the lab's schedule: full limits by step 800
+    assert type(mlp["ghost"]) is normlab.nn.GhostBatchNorm and mlp["ghost"].virtual_batch_size == 16
+
+
+def test_mlp_dropout_after_each_hidden_layer():
+    model = build(ModelSpec("mlp", 2, 8, "relu", "bn", dropout=0.5), (1, 12), 3)
+    assert kinds(model) == ["Flatten"] + ["Linear", "BatchNorm1d", "ReLU", "Dropout"] * 2 + ["Linear"]
+    assert {m.p for m in model if isinstance(m, nn.Dropout)} == {0.5}
+
+
+def test_init_scale_multiplies_the_default_weights():
+    for spec in (ModelSpec("mlp", 2, 8, "relu", "bn"), ModelSpec("cnn", 2, 4, "relu", "bn", final_width=4)):
+        torch.manual_seed(0)
+        default = build(spec, (1, 12), 3)
+        torch.manual_seed(0)
+        scaled = build(ModelSpec(**{**spec.__dict__, "init_scale": 10.0}), (1, 12), 3)
+        for (name, a), (_, b) in zip(default.named_parameters(), scaled.named_parameters()):
+            weight_of_a_map = name.endswith("weight") and isinstance(default.get_submodule(name[:-7]), (nn.Linear, nn.Conv1d))
+            torch.testing.assert_close(b, a * 10 if weight_of_a_map else a, msg=name)  # biases and BN's gamma stay
+    with pytest.raises(ValueError, match="init_scale must be positive"):
+        ModelSpec(init_scale=0)

@@ -12,7 +12,7 @@ import pytest
 
 from normlab.lab import reproduce as rep
 from normlab.lab import report
-from normlab.lab.claims import PROFILES
+from normlab.lab.claims import CLAIMS, PROFILES
 from normlab.lab.models import ModelSpec
 from normlab.lab.train import RunConfig
 
@@ -99,14 +99,14 @@ def test_cli_end_to_end(tmp_path):
     out = tmp_path / "report"
     run = cli("reproduce", "--profile", "tiny", "--out", str(out), "--jobs", "2")
     assert run.returncode == 0, run.stderr
-    for name in ("faster-training", "stable-distributions", "higher-learning-rates", "saturating-activations"):
+    for name in CLAIMS:
         assert any(line.startswith(name) and line.endswith(("reproduced", "inconclusive")) for line in run.stdout.splitlines()), run.stdout
     assert "runs to train" in run.stderr and "2 at a time" in run.stderr
     doc = json.loads((out / "results.json").read_text())
     assert doc["profile"] == {"name": "tiny", "seeds": 2, "data": "mnist1d"}
-    assert doc["versions"]["torch"] and doc["versions"]["mnist1d"] and len(doc["claims"]) == 4
+    assert doc["versions"]["torch"] and doc["versions"]["mnist1d"] and len(doc["claims"]) == len(CLAIMS)
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and "http" not in html.replace("http-equiv", "")
+    assert html.count("data:image/png;base64,") == len(CLAIMS) and "http" not in html.replace("http-equiv", "")
     for c in doc["claims"]:
         assert c["criterion"] in html.replace("&#x27;", "'") and f'class="{c["verdict"].replace(" ", "-")}"' in html
     md = (out / "report.md").read_text()
@@ -118,7 +118,7 @@ def test_cli_end_to_end(tmp_path):
 def test_claims_command():
     run = cli("claims")
     assert run.returncode == 0
-    for name in ("faster-training", "stable-distributions", "higher-learning-rates", "saturating-activations"):
+    for name in CLAIMS:
         assert f"{name}\n  source:" in run.stdout
 
 

@@ -103,3 +103,31 @@ def test_bad_configs(mnist1d):
         RunConfig(ModelSpec(), batch_size=1)
     with pytest.raises(ValueError, match="exceeds the 4000 training samples"):
         train.train(RunConfig(ModelSpec(), batch_size=5000), mnist1d)
+
+
+def test_train_subset_and_final_train_accuracy(mnist1d, monkeypatch):
+    config = RunConfig(ModelSpec("mlp", 1, 16, "relu"), steps=12, eval_every=6, batch_size=10, train_subset=40)
+    calls = []
+    real = train.accuracy
+    monkeypatch.setattr(train, "accuracy", lambda model, x, y: calls.append((x, y, real(model, x, y))) or calls[-1][2])
+    r = train.train(config, mnist1d)
+    # the final training accuracy: eval mode, on exactly the 40 samples trained on, after the last step
+    x, y, value = calls[-1]
+    assert torch.equal(x, mnist1d.x_train[:40]) and torch.equal(y, mnist1d.y_train[:40])
+    assert r["final_train_accuracy"] == value and 0 < value <= 1
+    assert all(torch.equal(c[0], mnist1d.x_test) for c in calls[:-1])
+    # the run is the run of a dataset whose training split is those 40 samples
+    from dataclasses import replace
+
+    only = replace(mnist1d, x_train=mnist1d.x_train[:40], y_train=mnist1d.y_train[:40])
+    assert strip(train.train(config.but(train_subset=0), only)) == strip(r)
+    assert strip(train.train(config.but(train_subset=80), mnist1d)) != strip(r)
+
+
+def test_bad_train_subset(mnist1d):
+    with pytest.raises(ValueError, match="train_subset must be non-negative"):
+        RunConfig(ModelSpec(), train_subset=-1)
+    with pytest.raises(ValueError, match="train_subset 5000 exceeds the 4000 training samples"):
+        train.train(RunConfig(ModelSpec(), train_subset=5000), mnist1d)
+    with pytest.raises(ValueError, match="batch_size 60 exceeds the 50 training samples"):
+        train.train(RunConfig(ModelSpec(), train_subset=50), mnist1d)

@@ -4,8 +4,9 @@
 
 * ``kind="mlp"``: ``depth`` hidden layers of ``width`` units, each
   ``Linear -> [norm] -> activation`` (or ``Linear -> activation -> norm`` with
-  ``placement="after"``), then a linear classifier. Ioffe & Szegedy's MNIST network
-  (Fig. 1) is ``ModelSpec("mlp", 3, 100, "sigmoid")``.
+  ``placement="after"``), followed by dropout when ``dropout > 0``, then a linear
+  classifier. Ioffe & Szegedy's MNIST network (Fig. 1) is
+  ``ModelSpec("mlp", 3, 100, "sigmoid")``.
 * ``kind="cnn"``: the seed article's network (seed 004): ``depth`` blocks of two
   3-wide convolutions (``width`` channels; ``final_width`` in the last block), each
   followed by [norm] and the activation; every block but the last ends with 2-wide
@@ -13,8 +14,11 @@
   MNIST-1D (samples ``(C, L)``) and 2-D for images (``(C, H, W)``): the data decides.
 
 Normalizations are looked up by name in :data:`NORMS`, one table: adding a layer of
-``normlab.nn`` to the lab is one line there. A linear or convolution followed
-directly by a normalization has no bias: the normalization's shift replaces it.
+``normlab.nn`` to the lab is one line there (``bn``, ``gn``, ``ln``, ``renorm``,
+``ghost``; the constants above the table fix their options). A linear or convolution
+followed directly by a normalization has no bias: the normalization's shift replaces it.
+``init_scale`` multiplies the default initial weights of every linear and convolution
+layer (the classifier too), for sweeps over the initialization.
 """
 
 from __future__ import annotations
@@ -34,10 +38,24 @@ def _bn(channels: int, spatial_dims: int) -> nn.Module:
     return (nlnn.BatchNorm1d, nlnn.BatchNorm1d, nlnn.BatchNorm2d, nlnn.BatchNorm3d)[spatial_dims](channels)
 
 
+_RENORM = (nlnn.BatchRenorm1d, nlnn.BatchRenorm1d, nlnn.BatchRenorm2d, nlnn.BatchRenorm3d)
+# The lab's schedule for batch renormalization, in training steps: the paper's (5k steps of
+# batch norm, dmax 0 -> 5 by 25k, rmax 1 -> 3 by 40k) scaled by 1/50 for runs of hundreds
+# to a few thousand steps (see docs/claims.md, small-batches).
+RENORM_SCHEDULE = {"warmup_steps": 100, "dmax_full_at": 500, "rmax_full_at": 800}
+GHOST_BATCH = 16  # "ghost": the virtual batch size of ghost batch norm
+GN_GROUPS = 4  # "gn": channel groups (Wu & He use 32 for ResNet's 64-2048 channels)
+
 # name -> factory(channels, spatial dims of the activations: 0 for an MLP) -> module, or None
 NORMS = {
     "none": None,
     "bn": _bn,
+    "gn": lambda c, s: nlnn.GroupNorm(GN_GROUPS, c),
+    # layer norm over the features of an MLP layer; in a CNN over (C, *spatial), per-channel affine
+    # (Wu & He's LN: group norm with one group)
+    "ln": lambda c, s: nlnn.LayerNorm(c) if s == 0 else nlnn.GroupNorm(1, c),
+    "renorm": lambda c, s: _RENORM[s](c, **RENORM_SCHEDULE),
+    "ghost": lambda c, s: nlnn.GhostBatchNorm(c, virtual_batch_size=GHOST_BATCH),
 }
 
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
@@ -51,8 +69,9 @@ class ModelSpec:
     activation: str = "sigmoid"  # a key of ACTIVATIONS
     norm: str = "none"  # a key of NORMS
     placement: str = "before"  # the normalization "before" or "after" the activation
-    dropout: float = 0.0  # cnn: after each pooling
+    dropout: float = 0.0  # cnn: after each pooling; mlp: after each hidden layer
     final_width: int = 100  # cnn: channels of the last block
+    init_scale: float = 1.0  # multiplies the default initial weights of the linear/conv layers
 
     def __post_init__(self):
         checks = [
@@ -62,6 +81,7 @@ class ModelSpec:
             (self.norm in NORMS, f"norm must be one of {sorted(NORMS)}, got {self.norm!r}"),
             (self.placement in ("before", "after"), f"placement must be 'before' or 'after', got {self.placement!r}"),
             (0 <= self.dropout < 1, f"dropout must lie in [0, 1), got {self.dropout}"),
+            (self.init_scale > 0, f"init_scale must be positive, got {self.init_scale}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -81,11 +101,22 @@ def _layer(spec: ModelSpec, make_linear, channels: int, spatial_dims: int) -> li
 
 def build(spec: ModelSpec, sample_shape: tuple[int, ...], classes: int) -> nn.Sequential:
     """The network ``spec`` describes, for samples of shape ``(C, *spatial)`` and ``classes`` outputs."""
+    model = _build(spec, sample_shape, classes)
+    if spec.init_scale != 1:
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                    m.weight.mul_(spec.init_scale)
+    return model
+
+
+def _build(spec: ModelSpec, sample_shape: tuple[int, ...], classes: int) -> nn.Sequential:
     if spec.kind == "mlp":
         layers: list[nn.Module] = [nn.Flatten()]
         features = math.prod(sample_shape)
         for _ in range(spec.depth):
             layers += _layer(spec, lambda bias, i=features: nn.Linear(i, spec.width, bias=bias), spec.width, 0)
+            layers += [nn.Dropout(spec.dropout)] if spec.dropout > 0 else []
             features = spec.width
         return nn.Sequential(*layers, nn.Linear(features, classes))
 

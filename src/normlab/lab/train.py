@@ -9,6 +9,9 @@ same numbers, bit for bit, in any process, which is what lets runs be cached by
 Every ``eval_every`` steps (and at step 0 and at the end) it logs the mean training
 loss since the last log, the test accuracy, and the output of each requested probe
 (:data:`PROBES`, functions of the model and a fixed probe batch of test samples).
+At the end it also measures the accuracy on the training samples it trained on (the
+first ``train_subset`` of the training split, or all), in eval mode like the test
+accuracy, for the train/test gap.
 
 A loss that becomes NaN or infinite, or a normalization layer that refuses non-finite
 statistics (``FloatingPointError``), ends the run as *diverged*: recorded with its step
@@ -33,7 +36,7 @@ from .models import ACTIVATIONS, ModelSpec, build
 __all__ = ["RunConfig", "train", "PROBES", "probe", "RESULT_VERSION"]
 
 # Bump when a change to the loop changes results: cached runs of older versions are redone.
-RESULT_VERSION = 1
+RESULT_VERSION = 2
 
 OPTIMIZERS = {
     "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum),
@@ -54,12 +57,15 @@ class RunConfig:
     seed: int = 0
     probes: tuple[str, ...] = ()  # keys of PROBES
     probe_size: int = 500  # test samples the probes see, the same at every log
+    train_subset: int = 0  # train on the first this many training samples; 0: all of them
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"RunConfig: optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.batch_size < 2 or self.steps < 1 or self.eval_every < 1:
             raise ValueError("RunConfig: batch_size must be at least 2, steps and eval_every at least 1")
+        if self.train_subset < 0:
+            raise ValueError(f"RunConfig: train_subset must be non-negative (0: all samples), got {self.train_subset}")
 
     def to_dict(self) -> dict:
         """The config as JSON has it (lists, not tuples)."""
@@ -168,8 +174,12 @@ def _batches(n: int, size: int, generator: torch.Generator):
 def train(config: RunConfig, dataset: datasets.Dataset | None = None) -> dict:
     """Train as ``config`` says and return the logged history (a dict of plain numbers and lists)."""
     ds = dataset if dataset is not None else datasets.load(config.data)
-    if config.batch_size > len(ds.x_train):
-        raise ValueError(f"RunConfig: batch_size {config.batch_size} exceeds the {len(ds.x_train)} training samples")
+    if config.train_subset > len(ds.x_train):
+        raise ValueError(f"RunConfig: train_subset {config.train_subset} exceeds the {len(ds.x_train)} training samples")
+    n = config.train_subset or len(ds.x_train)
+    x_train, y_train = ds.x_train[:n], ds.y_train[:n]
+    if config.batch_size > len(x_train):
+        raise ValueError(f"RunConfig: batch_size {config.batch_size} exceeds the {len(x_train)} training samples")
     start = time.perf_counter()
     with _one_thread():
         torch.manual_seed(config.seed)
@@ -190,11 +200,11 @@ def train(config: RunConfig, dataset: datasets.Dataset | None = None) -> dict:
         losses: list[float] = []
         record(0, losses)
         model.train()
-        batches = _batches(len(ds.x_train), config.batch_size, generator)
+        batches = _batches(len(x_train), config.batch_size, generator)
         for step in range(1, config.steps + 1):
             idx = next(batches)
             try:
-                loss = F.cross_entropy(model(ds.x_train[idx]), ds.y_train[idx])
+                loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"the training loss is {loss.item()}")
                 optimizer.zero_grad(set_to_none=True)
@@ -209,9 +219,11 @@ def train(config: RunConfig, dataset: datasets.Dataset | None = None) -> dict:
                 losses = []
         # a diverged run is judged by what is left of the model, not by its last log
         final = accuracy(model, ds.x_test, ds.y_test) if diverged else log["test_accuracy"][-1]
+        final_train = accuracy(model, x_train, y_train)
     return {
         **log,
         "final_test_accuracy": final,
+        "final_train_accuracy": final_train,
         "classes": ds.classes,
         "diverged": diverged,
         "seconds": round(time.perf_counter() - start, 3),

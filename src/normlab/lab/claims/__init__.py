@@ -8,6 +8,7 @@ claim: write a module with a ``CLAIM = Claim(...)`` and add it to the list below
 from __future__ import annotations
 
 from . import faster_training, higher_learning_rates, saturating_activations, stable_distributions
+from . import ghost_batches, init_robustness, placement, regularization, small_batches
 from .base import PROFILES, Claim, Profile, Run, Verdict
 
 CLAIMS: dict[str, Claim] = {
@@ -17,6 +18,11 @@ CLAIMS: dict[str, Claim] = {
         stable_distributions.CLAIM,
         higher_learning_rates.CLAIM,
         saturating_activations.CLAIM,
+        init_robustness.CLAIM,
+        regularization.CLAIM,
+        placement.CLAIM,
+        small_batches.CLAIM,
+        ghost_batches.CLAIM,
     ]
 }
 

@@ -1,0 +1,185 @@
+"""Verdicts of init-robustness, regularization, placement, small-batches and ghost-batches on synthetic results.
+
+Each claim's summarize + verdict is fed runs whose numbers are chosen here, so the
+expected figures and verdicts are known: a clear effect (reproduced), its absence or
+reverse (not reproduced), and an effect within the seeds' noise (inconclusive). The
+same claims on real (tiny) runs are tested in test_claims.py.
+"""
+
+import math
+
+import pytest
+
+from normlab.lab.claims import CLAIMS, PROFILES, Run
+from normlab.lab.claims import ghost_batches, init_robustness, placement
+from normlab.lab.claims.base import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
+
+
+def result(test, train=1.0, diverged=None, step=(0, 100), curve=None):
+    return {
+        "step": list(step),
+        "test_accuracy": list(curve) if curve else [0.1] * (len(step) - 1) + [test],
+        "train_loss": [None] + [1.0] * (len(step) - 1),
+        "final_test_accuracy": test,
+        "final_train_accuracy": train,
+        "diverged": diverged,
+        "classes": 10,
+        "probes": {},
+    }
+
+
+def runs_of(claim, outcome):
+    """The claim's tiny-profile configs (3 seeds), each given ``outcome(config) -> result``."""
+    from dataclasses import replace
+
+    profile = replace(PROFILES["tiny"], seeds=3)
+    return [Run(c, outcome(c)) for c in CLAIMS[claim].runs(profile)]
+
+
+def judge(claim, outcome):
+    figures = CLAIMS[claim].summarize(runs_of(claim, outcome))
+    return figures, CLAIMS[claim].verdict(figures)
+
+
+# --- init-robustness -------------------------------------------------------------------
+
+
+def test_init_robustness_sensitivity():
+    def outcome(c, bn_worst=0.5, plain_worst=None):
+        jitter = 0.01 * c.seed
+        if c.model.norm == "bn":
+            return result(0.6 + jitter if c.model.init_scale != 100 else bn_worst)
+        if plain_worst is not None:  # the plain network trains at every scale, worst at 100
+            return result(0.5 + jitter if c.model.init_scale != 100 else plain_worst[c.seed])
+        if c.model.init_scale == 1:
+            return result(0.5 + jitter)
+        if c.model.init_scale == 100:  # diverged: its NaN remains score 0, counted at chance
+            return result(0.0, diverged={"step": 3, "reason": "the training loss is nan"})
+        return result(0.1)
+
+    f, v = judge("init-robustness", outcome)
+    expected = [(0.1 + 0.01 * s) / (0.5 + 0.01 * s) for s in range(3)]  # (best - worst) / (best - chance)
+    assert f["sensitivity (best - worst) / (best - chance), BN"]["values"] == pytest.approx(expected)
+    assert f["sensitivity (best - worst) / (best - chance), no BN"]["values"] == pytest.approx([1.0, 1.0, 1.0])
+    assert f["range of final test accuracy (best - worst), no BN"]["values"] == pytest.approx([0.4, 0.41, 0.42])
+    assert f["runs that diverged, no BN"] == 3 and f["runs that diverged, BN"] == 0
+    assert v.verdict == REPRODUCED, v.explanation
+    # BN's worst scale at chance, like the plain network's: not less sensitive
+    assert judge("init-robustness", lambda c: outcome(c, bn_worst=0.1))[1].verdict == NOT_REPRODUCED
+    # a plain network whose sensitivity (0.1, 0.5, 0.3) straddles BN's (about 0.22)
+    f, v = judge("init-robustness", lambda c: outcome(c, plain_worst=(0.46, 0.305, 0.394)))
+    assert f["sensitivity (best - worst) / (best - chance), no BN"]["values"] == pytest.approx([0.1, 0.5, 0.3])
+    assert v.verdict == INCONCLUSIVE, v.explanation
+
+
+def test_init_robustness_sensitivity_function():
+    assert init_robustness.sensitivity(0.6, 0.35, 0.1) == pytest.approx(0.5)
+    assert init_robustness.sensitivity(0.1, 0.05, 0.1) == 1.0  # learns nothing at any scale
+
+
+# --- regularization --------------------------------------------------------------------
+
+
+def test_regularization_two_parts():
+    def outcome(c, bn_test=0.45, both_test=0.5):
+        test = {("none", 0.0): 0.35, ("bn", 0.0): bn_test, ("none", 0.5): 0.42, ("bn", 0.5): both_test}
+        return result(test[c.model.norm, c.model.dropout] + 0.01 * c.seed, train=1.0)
+
+    f, v = judge("regularization", outcome)
+    assert f["gap (training - test), none"]["values"] == pytest.approx([0.65, 0.64, 0.63])
+    assert f["gap (training - test), BN"]["mean"] == pytest.approx(0.54)
+    assert v.verdict == REPRODUCED, v.explanation
+    # BN widens the gap
+    assert judge("regularization", lambda c: outcome(c, bn_test=0.30))[1].verdict == NOT_REPRODUCED
+    # dropout lowers the BN network's test accuracy
+    assert judge("regularization", lambda c: outcome(c, both_test=0.40))[1].verdict == NOT_REPRODUCED
+    # dropout's gain on top of BN within the seeds' noise
+    f, v = judge("regularization", lambda c: outcome(c, both_test=0.45 + (0.04, -0.03, 0.02)[c.seed]))
+    assert v.verdict == INCONCLUSIVE, v.explanation
+
+
+# --- placement -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "after, before, words",
+    [
+        ([0.70, 0.71, 0.72], [0.60, 0.61, 0.62], "after is better"),
+        ([0.60, 0.61, 0.62], [0.70, 0.71, 0.72], "before is better"),
+        ([0.650, 0.652, 0.651], [0.651, 0.650, 0.652], "no meaningful difference"),
+        ([0.600, 0.605, 0.610], [0.610, 0.620, 0.615], "after is not better"),  # before better by ~1 pp +- noise
+        ([0.60, 0.70, 0.65], [0.64, 0.66, 0.65], "unclear"),
+    ],
+)
+def test_placement_finding_words(after, before, words):
+    assert placement.finding(after, before) == words
+
+
+def test_placement_verdict():
+    def outcome(c, relu_after=0.70, sigmoid_after=0.70):
+        after = {"relu": relu_after, "sigmoid": sigmoid_after}[c.model.activation]
+        return result((after if c.model.placement == "after" else 0.60) + 0.001 * c.seed)
+
+    f, v = judge("placement", outcome)
+    assert f["finding, ReLU"] == f["finding, sigmoid"] == "after is better" and v.verdict == REPRODUCED
+    f, v = judge("placement", lambda c: outcome(c, relu_after=0.603))
+    assert f["finding, ReLU"] == "no meaningful difference" and v.verdict == NOT_REPRODUCED
+    assert "no meaningful difference" in v.explanation
+    f, v = judge("placement", lambda c: outcome(c, sigmoid_after=0.50))
+    assert f["finding, sigmoid"] == "before is better" and v.verdict == NOT_REPRODUCED
+
+
+# --- small-batches ---------------------------------------------------------------------
+
+
+def test_small_batches_parts():
+    def outcome(c, bn_at_2=0.45, gn_slope=0.0, renorm_at_2=0.35):
+        b, jitter = c.batch_size, 0.002 * c.seed
+        if c.model.norm == "bn":  # error 0.30 from batch 8 up, rising below
+            error = {2: bn_at_2, 4: 0.35}.get(b, 0.30)
+        elif c.model.norm == "renorm":
+            error = {2: renorm_at_2, 4: 0.32}.get(b, 0.30)
+        else:
+            error = 0.32 + gn_slope * math.log2(32 / b)
+        return result(1 - error - jitter)
+
+    f, v = judge("small-batches", outcome)
+    assert f["degradation (error at batch 2 - at 32), BN"]["mean"] == pytest.approx(0.15)
+    assert f["degradation (error at batch 2 - at 32), GN"]["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert f["test error by batch size, LN"]["64"]["mean"] == pytest.approx(0.32 + 0.002)
+    assert v.verdict == REPRODUCED, v.explanation
+    # BN does not degrade
+    assert judge("small-batches", lambda c: outcome(c, bn_at_2=0.30))[1].verdict == NOT_REPRODUCED
+    # nor does it, while GN and LN gain from the small batches' extra steps: BN still "degrades more than GN",
+    # but the claim's first part, BN's own degradation, fails
+    f, v = judge("small-batches", lambda c: outcome(c, bn_at_2=0.30, gn_slope=-0.0375, renorm_at_2=0.25))
+    assert f["degradation (error at batch 2 - at 32), GN"]["mean"] == pytest.approx(-0.15)
+    assert v.verdict == NOT_REPRODUCED and v.explanation.count("[reproduced]") == 3, v.explanation
+    # GN and LN degrade as much as BN (0.0375 per halving: 0.15 from 32 to 2)
+    assert judge("small-batches", lambda c: outcome(c, gn_slope=0.0375))[1].verdict == NOT_REPRODUCED
+    # Renorm worse than BN at batch 2
+    assert judge("small-batches", lambda c: outcome(c, renorm_at_2=0.50))[1].verdict == NOT_REPRODUCED
+    # Renorm's gain within the noise
+    f, v = judge("small-batches", lambda c: outcome(c, renorm_at_2=(0.40, 0.50, 0.42)[c.seed]))
+    assert v.verdict == INCONCLUSIVE, v.explanation
+
+
+# --- ghost-batches ---------------------------------------------------------------------
+
+
+def test_ghost_batches_parts():
+    def outcome(c, small=0.50, large=0.45, ghost=0.49):
+        steps = list(range(0, c.steps + 1, c.eval_every))
+        final = {("bn", ghost_batches.SMALL): small, ("bn", ghost_batches.LARGE): large, ("ghost", ghost_batches.LARGE): ghost}
+        test = final[c.model.norm, c.batch_size] + 0.002 * c.seed
+        return result(test, step=steps, curve=[0.1] + [test - 0.05] + [test] * (len(steps) - 2))
+
+    f, v = judge("ghost-batches", outcome)
+    assert f["gap (small - large batch, BN)"] == pytest.approx(0.05)
+    assert f["fraction of the gap ghost BN closes"] == pytest.approx(0.8)
+    assert f[f"test accuracy at the small batch's epochs (not judged), large batch ({ghost_batches.LARGE}), BN"]["mean"] == pytest.approx(0.402)
+    assert v.verdict == REPRODUCED, v.explanation
+    # no gap to narrow: the large batch is better than the small one
+    assert judge("ghost-batches", lambda c: outcome(c, large=0.52, ghost=0.54))[1].verdict == NOT_REPRODUCED
+    # ghost BN does not help
+    assert judge("ghost-batches", lambda c: outcome(c, ghost=0.44))[1].verdict == NOT_REPRODUCED
