@@ -65,7 +65,7 @@ def test_every_norm_in_the_table_builds(norm):
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"kind": "rnn"}, "kind"),
+        ({"kind": "transformer"}, "kind"),
         ({"norm": "bogus"}, "norm must be one of"),
         ({"activation": "gelu2"}, "activation"),
         ({"placement": "middle"}, "placement"),

@@ -8,6 +8,7 @@ claim: write a module with a ``CLAIM = Claim(...)`` and add it to the list below
 from __future__ import annotations
 
 from . import faster_training, higher_learning_rates, saturating_activations, stable_distributions
+from . import bn_only_training, inference_statistics, noisy_bn, recurrent
 from .base import PROFILES, Claim, Profile, Run, Verdict
 
 CLAIMS: dict[str, Claim] = {
@@ -17,6 +18,10 @@ CLAIMS: dict[str, Claim] = {
         stable_distributions.CLAIM,
         higher_learning_rates.CLAIM,
         saturating_activations.CLAIM,
+        noisy_bn.CLAIM,
+        inference_statistics.CLAIM,
+        recurrent.CLAIM,
+        bn_only_training.CLAIM,
     ]
 }
 
