@@ -12,7 +12,7 @@ import pytest
 
 from normlab.lab import reproduce as rep
 from normlab.lab import report
-from normlab.lab.claims import PROFILES
+from normlab.lab.claims import CLAIMS, PROFILES
 from normlab.lab.models import ModelSpec
 from normlab.lab.train import RunConfig
 
@@ -104,9 +104,9 @@ def test_cli_end_to_end(tmp_path):
     assert "runs to train" in run.stderr and "2 at a time" in run.stderr
     doc = json.loads((out / "results.json").read_text())
     assert doc["profile"] == {"name": "tiny", "seeds": 2, "data": "mnist1d"}
-    assert doc["versions"]["torch"] and doc["versions"]["mnist1d"] and len(doc["claims"]) == 4
+    assert doc["versions"]["torch"] and doc["versions"]["mnist1d"] and len(doc["claims"]) == len(CLAIMS)
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and "http" not in html.replace("http-equiv", "")
+    assert html.count("data:image/png;base64,") == len(CLAIMS) and "http" not in html.replace("http-equiv", "")
     for c in doc["claims"]:
         assert c["criterion"] in html.replace("&#x27;", "'") and f'class="{c["verdict"].replace(" ", "-")}"' in html
     md = (out / "report.md").read_text()

@@ -130,8 +130,10 @@ def mnist1d_test_at(length: int) -> tuple[torch.Tensor, torch.Tensor]:
 
     The generator draws the same random numbers at any length and only resamples each
     signal at the end, so these are the test signals of ``load("mnist1d")`` at another
-    resolution (40 gives them exactly). They are standardized with the statistics of
-    the 40-point training split, as ``load`` standardizes its test split.
+    resolution (40 gives them exactly; at other lengths the generator's own
+    standardization of the whole set differs by a fraction of a percent). They are
+    standardized with the statistics of the 40-point training split, as ``load``
+    standardizes its test split.
     """
     if not isinstance(length, int) or length < 2:
         raise ValueError(f"mnist1d_test_at: length must be an int of at least 2, got {length!r}")

@@ -166,18 +166,23 @@ class RNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3:
             raise ValueError(f"RNN: expected an (N, C, L) input, got shape {tuple(x.shape)}")
-        h = [x.new_zeros(x.shape[0], r.in_features) for r in self.recurrent]
-        for t in range(x.shape[2]):
-            below = x[:, :, t]
-            for i in range(len(h)):
-                u = self.recurrent[i](h[i])
+        sequence = x.transpose(1, 2)  # (N, L, C): layer by layer, each over all steps
+        for i, (inputs, recurrent) in enumerate(zip(self.inputs, self.recurrent)):
+            a = inputs(sequence)  # W x_t + b for every step at once
+            h = x.new_zeros(x.shape[0], recurrent.in_features)
+            states = []
+            for t in range(x.shape[2]):
+                u = recurrent(h)
                 if self.norms:
                     u = self.norms[i](u, t) if self.stepwise else self.norms[i](u)
-                a_r, a_z, a_n = self.inputs[i](below).chunk(3, 1)
+                a_r, a_z, a_n = a[:, t].chunk(3, 1)
                 u_r, u_z, u_n = u.chunk(3, 1)
                 r, z = torch.sigmoid(a_r + u_r), torch.sigmoid(a_z + u_z)
-                h[i] = below = (1 - z) * self.act(a_n + r * u_n) + z * h[i]
-        return self.classifier(h[-1])
+                h = (1 - z) * self.act(a_n + r * u_n) + z * h
+                states.append(h)
+            if i < len(self.inputs) - 1:
+                sequence = torch.stack(states, 1)
+        return self.classifier(h)
 
 
 def added_later(default):

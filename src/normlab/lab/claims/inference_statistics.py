@@ -47,8 +47,8 @@ def runs(profile: Profile) -> list[RunConfig]:
             lr=0.05,
             momentum=0.9,
             batch_size=60,
-            steps=profile.pick(40, 1500, 5000),
-            eval_every=profile.pick(20, 150, 500),
+            steps=profile.pick(20, 1000, 3000),
+            eval_every=profile.pick(10, 100, 300),
             seed=seed,
             measures=(MEASURE,),
         )
@@ -110,10 +110,13 @@ def plot(runs: list[Run], figures: dict):
     fig, (ax,) = plots.figure(title="inference-statistics: 3x100 ReLU MLP with BN, test accuracy by statistics", width=9)
     colors = ["C0" if "momentum" in s or "cumulative" in s else "C2" if s == "precise" else "C3" for s in short]
     ax.bar(range(len(keys)), [figures[k]["mean"] for k in keys], yerr=[figures[k]["std"] for k in keys], color=colors, capsize=3)
-    ax.axhline(figures["chance"], color="grey", linestyle=":", label="chance")
+    from matplotlib.patches import Patch
+
+    chance = ax.axhline(figures["chance"], color="grey", linestyle=":")
     ax.set_xticks(range(len(keys)), short, rotation=30, ha="right")
     ax.set(ylabel="test accuracy (mean ± std over seeds)")
-    ax.legend()
+    kinds = [Patch(color="C0"), Patch(color="C2"), Patch(color="C3"), chance]
+    ax.legend(kinds, ["running averages", "precise (training set)", "the test batch's statistics", "chance"])
     return fig
 
 

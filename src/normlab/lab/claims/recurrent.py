@@ -39,8 +39,8 @@ def runs(profile: Profile) -> list[RunConfig]:
             optimizer="adam",
             lr=3e-3,
             batch_size=64,
-            steps=profile.pick(30, 600, 2000),
-            eval_every=profile.pick(10, 100, 200),
+            steps=profile.pick(20, 600, 1500),
+            eval_every=profile.pick(10, 100, 150),
             seed=seed,
             measures=(MEASURE,),
         )
