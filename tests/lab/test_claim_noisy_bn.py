@@ -6,20 +6,27 @@ from test_claims import history
 from normlab.lab.claims import CLAIMS, Run
 from normlab.lab.claims.base import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Profile
 from normlab.lab.claims.noisy_bn import VARIANTS, landscape
+from normlab.lab.measures import ETA_MULTIPLES
 
 CLAIM = CLAIMS["noisy-bn"]
 
 
 def result(accuracy, ics=0.5, loss=(1.0, 1.2, 1.5), change=(1.0, 2.0), beta=(5.0, 10.0), shift=0.0):
     """A run logged at steps 0 and 100: final accuracy, ICS l2 per layer, loss along the gradient, gradient changes, betas."""
-    smooth = {"loss": loss[0], "gradient_norm": 1.0, "eta": [0.1, 0.2], "loss_along": list(loss[1:]), "gradient_change": list(change), "beta": list(beta)}
+    def grid(values):  # one value per step size: the given ones, then the last repeated
+        return list(values) + [values[-1]] * (len(ETA_MULTIPLES) - len(values))
+
+    smooth = {
+        "loss": loss[0], "gradient_norm": 1.0, "eta": [0.1 * m for m in ETA_MULTIPLES],
+        "loss_along": grid(loss[1:]), "gradient_change": grid(change), "beta": grid(beta),
+    }
     probe = [[[-1, 0, 1]] * 10, [[-1 + shift, shift, 1 + shift]] * 10]
     return history(
         [0.1, accuracy],
         probes={"last_activation_input": probe},
         measures={
             "ics": {"step": [0, 100], "value": [{"l2": [9.0, 9.0], "cos": [0.0, 0.0]}, {"l2": [ics, ics], "cos": [0.9, 0.7]}]},
-            "smoothness": {"step": [0, 100], "value": [{**smooth, "loss_along": [50.0, 60.0]}, smooth]},
+            "smoothness": {"step": [0, 100], "value": [{**smooth, "loss_along": grid([50.0, 60.0])}, smooth]},
         },
     )
 
@@ -58,6 +65,8 @@ def test_figures_average_the_logs_after_step_0():
     assert f["loss range, BN"]["values"] == pytest.approx([0.2] * 3)  # step 0's landscape (50, 60) left out
     assert f["loss range, no BN"]["values"] == pytest.approx([3.0] * 3)
     assert f["gradient change, BN"]["mean"] == 1.0 and f["beta, no BN"]["mean"] == 30.0
+    assert f["beta by step size (x learning rate), no BN"]["0.25"]["mean"] == 20.0
+    assert f["beta by step size (x learning rate), no BN"]["4"]["mean"] == 30.0
     assert f["ICS l2, noisy BN"]["mean"] == 0.5 and f["ICS cos, BN"]["mean"] == pytest.approx(0.8)
     assert f["drift of the last layer's input, noisy BN"]["mean"] == 1.0 and f["drift of the last layer's input, BN"]["mean"] == 0
     assert f["final test accuracy, no BN + noise"]["mean"] == pytest.approx(0.4)

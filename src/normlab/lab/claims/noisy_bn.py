@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..measures import ETA_MULTIPLES
 from ..models import ModelSpec
 from ..train import RunConfig
 from . import base
@@ -74,7 +75,7 @@ def landscape(value: dict) -> dict:
 
 
 def curves(run: Run) -> dict[str, tuple[list, list]]:
-    """Per logged step: ICS (l2, mean over layers; cos, mean over layers) and the three landscape figures."""
+    """Per logged step: ICS (l2 and cos, means over layers), the three landscape figures and the gradient's norm."""
     ics = run.result["measures"]["ics"]
     smooth = run.result["measures"]["smoothness"]
     out = {
@@ -84,6 +85,7 @@ def curves(run: Run) -> dict[str, tuple[list, list]]:
     per_log = [landscape(v) for v in smooth["value"]]
     for key in ("loss range", "gradient change", "beta"):
         out[key] = (smooth["step"], [f[key] for f in per_log])
+    out["gradient norm"] = (smooth["step"], [v["gradient_norm"] for v in smooth["value"]])
     return out
 
 
@@ -91,6 +93,12 @@ def _mean_after_start(steps, values) -> float:
     """The mean over the logs after step 0: what training goes through, not the network at initialization."""
     kept = [v for s, v in zip(steps, values) if s > 0 and v is not None]
     return float(np.mean(kept)) if kept else float("nan")
+
+
+def _beta_at(run: Run, i: int) -> float:
+    """The run's ratio ``||g(w) - g(w - eta g)|| / ||eta g||`` at the ``i``-th step size, averaged over the logs after step 0."""
+    smooth = run.result["measures"]["smoothness"]
+    return _mean_after_start(smooth["step"], [v["beta"][i] for v in smooth["value"]])
 
 
 def summarize(runs: list[Run]) -> dict:
@@ -102,9 +110,13 @@ def summarize(runs: list[Run]) -> dict:
         figures[f"final training loss, {label}"] = base.stat([r.result["train_loss"][-1] for r in rs])
     for label, rs in by.items():
         figures[f"drift of the last layer's input, {label}"] = base.stat([drift(r) for r in rs])
-    for key in ("ICS l2", "ICS cos", "loss range", "gradient change", "beta"):
+    for key in ("ICS l2", "ICS cos", "loss range", "gradient change", "beta", "gradient norm"):
         for label, rs in by.items():
             figures[f"{key}, {label}"] = base.stat([_mean_after_start(*curves(r)[key]) for r in rs])
+    for label, rs in by.items():  # beta is a maximum over the grid: where on it the maximum lies matters
+        figures[f"beta by step size (x learning rate), {label}"] = {
+            f"{m:g}": base.stat([_beta_at(r, i) for r in rs]) for i, m in enumerate(ETA_MULTIPLES)
+        }
     figures["non-finite losses along the gradient (all runs)"] = sum(
         v is None for r in runs for log in r.result["measures"]["smoothness"]["value"] for v in log["loss_along"]
     )
@@ -162,7 +174,7 @@ def plot(runs: list[Run], figures: dict):
 
 CLAIM = Claim(
     name="noisy-bn",
-    source="Santurkar, Tsipras, Ilyas & Madry 2018, Sec. 2-3, Figs. 2, 4",
+    source="Santurkar, Tsipras, Ilyas & Madry 2018, Sec. 2-3, Figs. 2-4",
     statement=(
         "A network with noise of changing mean and variance injected after every BN (more covariate shift) "
         "trains about as well as with plain BN and better than without BN; BN's benefit is a smoother loss "
