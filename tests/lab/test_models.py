@@ -187,6 +187,7 @@ def test_fields_added_later_stay_out_of_the_dict_at_their_defaults():
     [
         ({"norm": "bn_step"}, "norm must be one of"),  # per-step statistics only in an rnn
         ({"norm_momentum": 1.5}, "norm_momentum"),
+        ({"kind": "rnn", "noise": True}, "noise is for kind"),
     ],
 )
 def test_bad_specs_issue_6(fields, message):

@@ -1,6 +1,7 @@
 """The lab's models, built from a small spec instead of a class per combination.
 
-``build(ModelSpec(...), sample_shape, classes)`` returns an ``nn.Sequential``:
+``build(ModelSpec(...), sample_shape, classes)`` returns an ``nn.Sequential`` (an
+:class:`RNN` for ``kind="rnn"``):
 
 * ``kind="mlp"``: ``depth`` hidden layers of ``width`` units, each
   ``Linear -> [norm] -> activation`` (or ``Linear -> activation -> norm`` with
@@ -205,15 +206,15 @@ def as_dict(config) -> dict:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    kind: str = "mlp"  # "mlp" or "cnn"
-    depth: int = 3  # hidden layers (mlp) or blocks (cnn)
-    width: int = 100  # units per hidden layer (mlp) or channels per block (cnn)
-    activation: str = "sigmoid"  # a key of ACTIVATIONS
-    norm: str = "none"  # a key of NORMS
+    kind: str = "mlp"  # "mlp", "cnn" or "rnn"
+    depth: int = 3  # hidden layers (mlp), blocks (cnn) or stacked recurrent layers (rnn)
+    width: int = 100  # units per hidden layer (mlp, rnn) or channels per block (cnn)
+    activation: str = "sigmoid"  # a key of ACTIVATIONS (rnn: of the GRU's candidate state)
+    norm: str = "none"  # a key of NORMS (rnn: or of TIME_NORMS)
     placement: str = "before"  # the normalization "before" or "after" the activation
     dropout: float = 0.0  # cnn: after each pooling
     final_width: int = 100  # cnn: channels of the last block
-    noise: bool = added_later(False)  # ShiftingNoise after each hidden layer's normalization
+    noise: bool = added_later(False)  # mlp, cnn: ShiftingNoise after each hidden layer's normalization
     norm_momentum: float | None = added_later(0.1)  # of every running statistic; None: cumulative average
 
     def __post_init__(self):
@@ -225,6 +226,7 @@ class ModelSpec:
             (self.activation in ACTIVATIONS, f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"),
             (self.norm in norms, f"norm must be one of {norms} for kind {self.kind!r}, got {self.norm!r}"),
             (momentum_ok, f"norm_momentum must lie in [0, 1] or be None, got {self.norm_momentum}"),
+            (not (self.noise and self.kind == "rnn"), "noise is for kind 'mlp' or 'cnn', not 'rnn'"),
             (self.placement in ("before", "after"), f"placement must be 'before' or 'after', got {self.placement!r}"),
             (0 <= self.dropout < 1, f"dropout must lie in [0, 1), got {self.dropout}"),
         ]
