@@ -93,12 +93,15 @@ def plot(runs: list[Run], figures: dict):
     curves.axhline(figures["chance"], color="grey", linestyle=":", label="chance")
     curves.set(xlabel="training step", ylabel="test accuracy")
     curves.legend()
-    signed = {key: np.concatenate([r.result["measures"]["gammas"]["value"][0] for r in by[key]]) for key in ("norm", "all")}
-    bins = np.linspace(min(v.min() for v in signed.values()), max(v.max() for v in signed.values()), 40)
-    for key, values in signed.items():
-        hist.hist(values, bins=bins, alpha=0.5, label=TRAINABLE[key])
-    hist.axvline(0, color="grey", linestyle=":")
-    hist.set(xlabel="gamma at the end (all seeds)", ylabel="channels", title="BN scales after training")
+    magnitudes = {key: np.concatenate([_gammas(r) for r in by[key]]) for key in ("norm", "all")}
+    low = min(THRESHOLDS) / 10
+    bins = np.geomspace(low, max(low * 10, max(v.max() for v in magnitudes.values())), 40)
+    for key, values in magnitudes.items():
+        hist.hist(np.clip(values, low, None), bins=bins, alpha=0.5, label=TRAINABLE[key])
+    for t in THRESHOLDS:
+        hist.axvline(t, color="grey", linestyle=":")
+    hist.set(xscale="log", xlabel=f"|gamma| at the end, all seeds (below {low:g} drawn at {low:g})", ylabel="channels")
+    hist.set_title("BN scales after training; dotted: " + ", ".join(f"{t:g}" for t in THRESHOLDS))
     hist.legend()
     return fig
 
