@@ -1,6 +1,5 @@
 """bn-only-training: its figures from synthetic runs, and its verdict on clear cases."""
 
-import pytest
 from test_claims import history
 
 from normlab.lab.claims import CLAIMS, Run
