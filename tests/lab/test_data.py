@@ -169,3 +169,20 @@ def test_mnist1d_is_generated_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("NORMLAB_CACHE", str(tmp_path))
     third = data.load("mnist1d")
     assert (third.x_test == first.x_test).all()
+
+
+def test_mnist1d_test_split_at_other_lengths(mnist1d):
+    """The same test signals, resampled: exactly the test split at 40 points, the same labels at any length."""
+    import torch
+
+    x, y = data.mnist1d_test_at(40)
+    assert torch.equal(x, mnist1d.x_test) and torch.equal(y, mnist1d.y_test)
+    longer, labels = data.mnist1d_test_at(60)
+    assert longer.shape == (1000, 1, 60) and torch.equal(labels, mnist1d.y_test)
+    # resampling keeps each signal: its values at the shared end points agree (up to the generator standardizing
+    # each length by its own mean and spread, a 0.2% difference), and the scale is the same
+    np.testing.assert_allclose(longer[:, 0, 0], x[:, 0, 0], rtol=0.01, atol=0.01)
+    np.testing.assert_allclose(longer[:, 0, -1], x[:, 0, -1], rtol=0.01, atol=0.01)
+    assert abs(float(longer.std()) - float(x.std())) < 0.05
+    with pytest.raises(ValueError, match="length must be an int of at least 2"):
+        data.mnist1d_test_at(1)

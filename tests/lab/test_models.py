@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import normlab
-from normlab.lab.models import NORMS, ModelSpec, build, macs
+from normlab.lab.models import NORMS, RNN, TIME_NORMS, ModelSpec, ShiftingNoise, TimeStepBatchNorm, as_dict, build, macs
 
 IOFFE = ModelSpec("mlp", depth=3, width=100, activation="sigmoid")
 
@@ -65,7 +65,7 @@ def test_every_norm_in_the_table_builds(norm):
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"kind": "rnn"}, "kind"),
+        ({"kind": "transformer"}, "kind"),
         ({"norm": "bogus"}, "norm must be one of"),
         ({"activation": "gelu2"}, "activation"),
         ({"placement": "middle"}, "placement"),
@@ -118,3 +118,121 @@ def test_init_scale_multiplies_the_default_weights():
             torch.testing.assert_close(b, a * 10 if weight_of_a_map else a, msg=name)  # biases and BN's gamma stay
     with pytest.raises(ValueError, match="init_scale must be positive"):
         ModelSpec(init_scale=0)
+
+
+# --- issue 6: noise after the normalization, the recurrent model, the momentum ------------
+
+
+def test_noise_follows_the_normalization_or_the_linear_map():
+    noisy = build(ModelSpec("mlp", 2, 8, "relu", "bn", noise=True), (1, 40), 10)
+    assert kinds(noisy) == ["Flatten"] + ["Linear", "BatchNorm1d", "ShiftingNoise", "ReLU"] * 2 + ["Linear"]
+    plain = build(ModelSpec("mlp", 2, 8, "relu", "none", noise=True), (1, 40), 10)
+    assert kinds(plain) == ["Flatten"] + ["Linear", "ShiftingNoise", "ReLU"] * 2 + ["Linear"]
+    assert all(m.bias is not None for m in plain if isinstance(m, nn.Linear))  # no normalization: biases stay
+    conv = build(ModelSpec("cnn", 2, 4, "relu", "bn", noise=True, final_width=4), (1, 12), 3)
+    assert sum(isinstance(m, ShiftingNoise) for m in conv) == 4 and conv(torch.randn(5, 1, 12)).shape == (5, 3)
+
+
+def test_shifting_noise_moves_each_channel_every_step_and_is_the_identity_at_inference():
+    torch.manual_seed(0)
+    noise = ShiftingNoise(6)
+    x = torch.randn(4000, 6)
+    first, second = noise(x), noise(x)
+    # per channel, the map x -> scale * x + shift changes between calls: a new mean and spread each step
+    mean_shift = (first - x).mean(0) - (second - x).mean(0)
+    assert mean_shift.abs().max() > 0.1
+    assert ((first - x).mean(0).abs() <= 0.5 + 0.05).all()  # |shift mean| <= 0.5, up to sampling error
+    # averaged over many steps the noise is centred: E[scale] = 1, E[shift] = 0
+    y = torch.ones(1, 6)
+    mean = torch.stack([noise(y) for _ in range(4000)]).mean(0)
+    assert torch.allclose(mean, y, atol=0.05)
+    noise.eval()
+    assert torch.equal(noise(x), x)
+    torch.manual_seed(1)
+    a = ShiftingNoise(6)(x)
+    torch.manual_seed(1)
+    assert torch.equal(ShiftingNoise(6)(x), a)  # from the global RNG: deterministic given the seed
+
+
+def test_rnn_without_normalization_is_torchs_gru():
+    spec = ModelSpec("rnn", depth=2, width=8, activation="tanh", norm="none")
+    torch.manual_seed(0)
+    model = build(spec, (3, 11), 5)
+    gru = nn.GRU(3, 8, num_layers=2, batch_first=True)
+    with torch.no_grad():
+        for i in range(2):
+            getattr(gru, f"weight_ih_l{i}").copy_(model.inputs[i].weight)
+            getattr(gru, f"bias_ih_l{i}").copy_(model.inputs[i].bias)
+            getattr(gru, f"weight_hh_l{i}").copy_(model.recurrent[i].weight)
+            getattr(gru, f"bias_hh_l{i}").copy_(model.recurrent[i].bias)
+    x = torch.randn(6, 3, 11)
+    out, _ = gru(x.transpose(1, 2))
+    torch.testing.assert_close(model(x), model.classifier(out[:, -1]))
+
+
+@pytest.mark.parametrize("norm, kind", [("bn", "BatchNorm1d"), ("ln", "LayerNorm"), ("bn_step", "TimeStepBatchNorm")])
+def test_rnn_normalizes_the_recurrent_preactivations(norm, kind):
+    model = build(ModelSpec("rnn", 1, 8, "tanh", norm), (1, 40), 10)
+    assert [type(m).__name__ for m in model.norms] == [kind]
+    assert model.recurrent[0].bias is None and model.inputs[0].bias is not None
+    x = torch.randn(16, 1, 40)
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    assert model(torch.randn(3, 1, 80)).shape == (3, 10)  # longer sequences at inference
+
+
+def test_time_step_batch_norm():
+    torch.manual_seed(0)
+    bn = TimeStepBatchNorm(4, steps=3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.0, 2.0, 0.5, -1.0]))
+        bn.bias.copy_(torch.tensor([0.0, 1.0, -1.0, 3.0]))
+    xs = [torch.randn(32, 4) * (t + 1) + 3 * t for t in range(3)]
+    for t, x in enumerate(xs):  # training: the batch's own statistics at each step, the shared affine map
+        expected = (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-5) * bn.weight + bn.bias
+        torch.testing.assert_close(bn(x, t), expected)
+    for t, x in enumerate(xs):  # each step's running statistics saw only that step
+        torch.testing.assert_close(bn.statistics[t].running_mean, 0.1 * x.mean(0))
+    bn.eval()
+    x = torch.randn(5, 4)
+    last = bn.statistics[2]
+    expected = (x - last.running_mean) / torch.sqrt(last.running_var + 1e-5) * bn.weight + bn.bias
+    torch.testing.assert_close(bn(x, 7), expected)  # beyond the steps it was built for: the last step's
+    bn.train()
+    with pytest.raises(ValueError, match=r"TimeStepBatchNorm\(4\): has statistics for 3 time steps, got step 3"):
+        bn(x, 3)
+
+
+def test_norm_momentum_reaches_every_batch_norm():
+    for momentum in (None, 0.01):
+        model = build(ModelSpec("mlp", 2, 8, "relu", "bn", norm_momentum=momentum), (1, 40), 10)
+        assert [m.momentum for m in model if isinstance(m, normlab.BatchNorm1d)] == [momentum] * 2
+        rnn = build(ModelSpec("rnn", 1, 8, "tanh", "bn_step", norm_momentum=momentum), (1, 5), 10)
+        assert {m.momentum for m in rnn.modules() if isinstance(m, normlab.BatchNorm1d)} == {momentum}
+
+
+def test_as_dict_is_what_json_holds():
+    d = as_dict(ModelSpec(noise=True, norm_momentum=None))
+    assert d["noise"] is True and d["norm_momentum"] is None and ModelSpec(**d) == ModelSpec(noise=True, norm_momentum=None)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"norm": "bn_step"}, "norm must be one of"),  # per-step statistics only in an rnn
+        ({"norm_momentum": 1.5}, "norm_momentum"),
+        ({"kind": "rnn", "noise": True}, "noise is for kind"),
+    ],
+)
+def test_bad_specs_issue_6(fields, message):
+    with pytest.raises(ValueError, match=f"ModelSpec: .*{message}"):
+        ModelSpec(**fields)
+
+
+def test_rnn_needs_sequences():
+    assert set(TIME_NORMS) == {"bn_step"}
+    with pytest.raises(ValueError, match=r"an rnn reads samples of shape \(C, L\)"):
+        build(ModelSpec("rnn"), (3, 8, 8), 10)
+    with pytest.raises(ValueError, match=r"RNN: expected an \(N, C, L\) input"):
+        RNN(ModelSpec("rnn", width=4), 1, 5, 2)(torch.randn(2, 5))

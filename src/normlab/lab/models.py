@@ -1,6 +1,7 @@
 """The lab's models, built from a small spec instead of a class per combination.
 
-``build(ModelSpec(...), sample_shape, classes)`` returns an ``nn.Sequential``:
+``build(ModelSpec(...), sample_shape, classes)`` returns an ``nn.Sequential`` (an
+:class:`RNN` for ``kind="rnn"``):
 
 * ``kind="mlp"``: ``depth`` hidden layers of ``width`` units, each
   ``Linear -> [norm] -> activation`` (or ``Linear -> activation -> norm`` with
@@ -12,6 +13,16 @@
   followed by [norm] and the activation; every block but the last ends with 2-wide
   max-pooling and dropout; then a linear classifier. Convolutions are 1-D for
   MNIST-1D (samples ``(C, L)``) and 2-D for images (``(C, H, W)``): the data decides.
+* ``kind="rnn"``: a recurrent network reading ``(C, L)`` samples as ``L`` time steps of
+  ``C`` values (:class:`RNN`): ``depth`` stacked GRU layers of ``width`` units,
+  the normalization on the recurrent pre-activations ``U h_{t-1}``, and a linear
+  classifier on the last ``h``.
+  Besides the norms of :data:`NORMS` (applied at every step: batch norm's statistics
+  are then shared over time), ``norm="bn_step"`` keeps statistics per time step
+  (:class:`TimeStepBatchNorm`).
+
+``noise=True`` adds :class:`ShiftingNoise` after each hidden layer's normalization (or
+after its linear map without one): Santurkar et al.'s "noisy" batch norm.
 
 Normalizations are looked up by name in :data:`NORMS`, one table: adding a layer of
 ``normlab.nn`` to the lab is one line there (``bn``, ``gn``, ``ln``, ``renorm``,
@@ -24,14 +35,18 @@ layer (the classifier too), for sweeps over the initialization.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 
 import torch
 from torch import nn
 
 import normlab.nn as nlnn
+from normlab.nn._base import NormBase
 
-__all__ = ["ModelSpec", "NORMS", "ACTIVATIONS", "build", "macs"]
+__all__ = [
+    "ModelSpec", "NORMS", "TIME_NORMS", "ACTIVATIONS", "WEIGHTED", "build", "macs",
+    "RNN", "TimeStepBatchNorm", "ShiftingNoise", "as_dict",
+]
 
 
 def _bn(channels: int, spatial_dims: int) -> nn.Module:
@@ -60,25 +75,167 @@ NORMS = {
 
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
 
+# the layers with weights (the "layers" of per-layer measurements; what trainable="norm" leaves frozen)
+WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class ShiftingNoise(nn.Module):
+    """Noise whose distribution changes at every step: Santurkar et al. 2018's "noisy BatchNorm".
+
+    In training, every forward draws, per channel, the mean and spread of a multiplicative
+    and of an additive noise (means ``U(0.75, 1.25)`` and ``U(-0.5, 0.5)``, standard
+    deviations ``U(0, 0.25)`` each), then per activation ``y = x * scale + shift`` with
+    ``scale`` and ``shift`` normal with those parameters. After a batch norm, which leaves
+    each channel with mean 0 and variance 1 over the batch, the next layer's input thus
+    moves in mean and scale from one step to the next: covariate shift put back on
+    purpose. Over the draws ``E[scale] = 1`` and ``E[shift] = 0``, so at inference it is
+    the identity.
+    """
+
+    SCALE_MEAN, SCALE_STD = (0.75, 1.25), (0.0, 0.25)
+    SHIFT_MEAN, SHIFT_STD = (-0.5, 0.5), (0.0, 0.25)
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        shape = (1, self.channels, *[1] * (x.dim() - 2))  # per channel, the same at every position
+
+        def uniform(low_high):
+            return x.new_empty(shape).uniform_(*low_high)
+
+        scale = uniform(self.SCALE_MEAN) + uniform(self.SCALE_STD) * torch.randn_like(x)
+        shift = uniform(self.SHIFT_MEAN) + uniform(self.SHIFT_STD) * torch.randn_like(x)
+        return x * scale + shift
+
+    def extra_repr(self) -> str:
+        return str(self.channels)
+
+
+class TimeStepBatchNorm(nn.Module):
+    """Batch norm with statistics per time step and one scale and shift shared over time
+    (Cooijmans et al. 2016, "Recurrent Batch Normalization").
+
+    ``forward(x, t)`` normalizes the ``(N, C)`` input of step ``t`` with the batch
+    statistics of that step in training, and with that step's running statistics at
+    inference. Beyond the ``steps`` it was built for there are no statistics: at
+    inference it uses the last step's, as Cooijmans et al. do for longer test
+    sequences; in training it raises.
+    """
+
+    def __init__(self, channels: int, steps: int) -> None:
+        super().__init__()
+        self.statistics = nn.ModuleList(nlnn.BatchNorm1d(channels, affine=False) for _ in range(steps))
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        steps = len(self.statistics)
+        if t >= steps:
+            if self.training:
+                raise ValueError(
+                    f"TimeStepBatchNorm({self.weight.numel()}): has statistics for {steps} time steps, "
+                    f"got step {t} in training; train on sequences of at most {steps} steps"
+                )
+            t = steps - 1
+        return self.statistics[t](x) * self.weight + self.bias
+
+
+# name -> factory(channels, time steps) -> module called as module(x, t): normalizations only an rnn has
+TIME_NORMS = {"bn_step": TimeStepBatchNorm}
+
+
+class RNN(nn.Module):
+    """A GRU network over ``(N, C, L)`` inputs read as ``L`` steps of ``C`` values, with a
+    normalization on the recurrent pre-activations.
+
+    Each of ``spec.depth`` layers runs, from ``h_0 = 0`` (``x_t`` is the layer below's ``h_t``)::
+
+        a = W x_t + b,   u = norm(U h_{t-1})          (3 x width values each: r, z, n)
+        r = sigmoid(a_r + u_r),   z = sigmoid(a_z + u_z),   n = act(a_n + r * u_n)
+        h_t = (1 - z) * n + z * h_{t-1}
+
+    which is torch's GRU with ``norm`` in place of the recurrent bias. ``norm`` is one
+    module of :data:`NORMS` used at every step, or a :data:`TIME_NORMS` one that knows
+    the step (built for ``steps`` steps, the training length). The class scores are a
+    linear map of the top layer's last ``h``. Inputs may be longer than ``steps``.
+    """
+
+    def __init__(self, spec: ModelSpec, channels: int, steps: int, classes: int) -> None:
+        super().__init__()
+        self.stepwise = spec.norm in TIME_NORMS
+        shared = NORMS.get(spec.norm)
+        gates = 3 * spec.width
+        self.inputs, self.recurrent, self.norms = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        for layer in range(spec.depth):
+            normalized = self.stepwise or shared is not None
+            self.inputs.append(nn.Linear(channels if layer == 0 else spec.width, gates))
+            self.recurrent.append(nn.Linear(spec.width, gates, bias=not normalized))
+            if self.stepwise:
+                self.norms.append(TIME_NORMS[spec.norm](gates, steps))
+            elif normalized:
+                self.norms.append(shared(gates, 0))
+        self.act = ACTIVATIONS[spec.activation]()
+        self.classifier = nn.Linear(spec.width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3:
+            raise ValueError(f"RNN: expected an (N, C, L) input, got shape {tuple(x.shape)}")
+        sequence = x.transpose(1, 2)  # (N, L, C): layer by layer, each over all steps
+        for i, (inputs, recurrent) in enumerate(zip(self.inputs, self.recurrent)):
+            a = inputs(sequence)  # W x_t + b for every step at once
+            h = x.new_zeros(x.shape[0], recurrent.in_features)
+            states = []
+            for t in range(x.shape[2]):
+                u = recurrent(h)
+                if self.norms:
+                    u = self.norms[i](u, t) if self.stepwise else self.norms[i](u)
+                a_r, a_z, a_n = a[:, t].chunk(3, 1)
+                u_r, u_z, u_n = u.chunk(3, 1)
+                r, z = torch.sigmoid(a_r + u_r), torch.sigmoid(a_z + u_z)
+                h = (1 - z) * self.act(a_n + r * u_n) + z * h
+                states.append(h)
+            if i < len(self.inputs) - 1:
+                sequence = torch.stack(states, 1)
+        return self.classifier(h)
+
+
+def as_dict(config) -> dict:
+    """A config dataclass as JSON has it (nested dicts, lists for tuples)."""
+    return {f.name: _jsonable(getattr(config, f.name)) for f in fields(config)}
+
+
+def _jsonable(v):
+    return as_dict(v) if is_dataclass(v) else list(v) if isinstance(v, tuple) else v
+
 
 @dataclass(frozen=True)
 class ModelSpec:
-    kind: str = "mlp"  # "mlp" or "cnn"
-    depth: int = 3  # hidden layers (mlp) or blocks (cnn)
-    width: int = 100  # units per hidden layer (mlp) or channels per block (cnn)
-    activation: str = "sigmoid"  # a key of ACTIVATIONS
-    norm: str = "none"  # a key of NORMS
+    kind: str = "mlp"  # "mlp", "cnn" or "rnn"
+    depth: int = 3  # hidden layers (mlp), blocks (cnn) or stacked recurrent layers (rnn)
+    width: int = 100  # units per hidden layer (mlp, rnn) or channels per block (cnn)
+    activation: str = "sigmoid"  # a key of ACTIVATIONS (rnn: of the GRU's candidate state)
+    norm: str = "none"  # a key of NORMS (rnn: or of TIME_NORMS)
     placement: str = "before"  # the normalization "before" or "after" the activation
     dropout: float = 0.0  # cnn: after each pooling; mlp: after each hidden layer
     final_width: int = 100  # cnn: channels of the last block
     init_scale: float = 1.0  # multiplies the default initial weights of the linear/conv layers
+    noise: bool = False  # mlp, cnn: ShiftingNoise after each hidden layer's normalization
+    norm_momentum: float | None = 0.1  # of every running statistic; None: cumulative average
 
     def __post_init__(self):
+        norms = sorted(NORMS) + (sorted(TIME_NORMS) if self.kind == "rnn" else [])
+        momentum_ok = self.norm_momentum is None or 0 <= self.norm_momentum <= 1
         checks = [
-            (self.kind in ("mlp", "cnn"), f"kind must be 'mlp' or 'cnn', got {self.kind!r}"),
+            (self.kind in ("mlp", "cnn", "rnn"), f"kind must be 'mlp', 'cnn' or 'rnn', got {self.kind!r}"),
             (self.depth >= 1 and self.width >= 1, f"depth and width must be positive, got {self.depth}, {self.width}"),
             (self.activation in ACTIVATIONS, f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"),
-            (self.norm in NORMS, f"norm must be one of {sorted(NORMS)}, got {self.norm!r}"),
+            (self.norm in norms, f"norm must be one of {norms} for kind {self.kind!r}, got {self.norm!r}"),
+            (momentum_ok, f"norm_momentum must lie in [0, 1] or be None, got {self.norm_momentum}"),
+            (not (self.noise and self.kind == "rnn"), "noise is for kind 'mlp' or 'cnn', not 'rnn'"),
             (self.placement in ("before", "after"), f"placement must be 'before' or 'after', got {self.placement!r}"),
             (0 <= self.dropout < 1, f"dropout must lie in [0, 1), got {self.dropout}"),
             (self.init_scale > 0, f"init_scale must be positive, got {self.init_scale}"),
@@ -93,24 +250,30 @@ def _layer(spec: ModelSpec, make_linear, channels: int, spatial_dims: int) -> li
     norm = NORMS[spec.norm]
     linear = make_linear(bias=norm is None or spec.placement == "after")
     act = ACTIVATIONS[spec.activation]()
+    noise = [ShiftingNoise(channels)] if spec.noise else []
     if norm is None:
-        return [linear, act]
+        return [linear, *noise, act]
     n = norm(channels, spatial_dims)
-    return [linear, n, act] if spec.placement == "before" else [linear, act, n]
+    return [linear, n, *noise, act] if spec.placement == "before" else [linear, act, n, *noise]
 
 
-def build(spec: ModelSpec, sample_shape: tuple[int, ...], classes: int) -> nn.Sequential:
+def build(spec: ModelSpec, sample_shape: tuple[int, ...], classes: int) -> nn.Module:
     """The network ``spec`` describes, for samples of shape ``(C, *spatial)`` and ``classes`` outputs."""
     model = _build(spec, sample_shape, classes)
-    if spec.init_scale != 1:
-        with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-                    m.weight.mul_(spec.init_scale)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, WEIGHTED):
+                m.weight.mul_(spec.init_scale)
+            if isinstance(m, NormBase):
+                m.momentum = spec.norm_momentum
     return model
 
 
-def _build(spec: ModelSpec, sample_shape: tuple[int, ...], classes: int) -> nn.Sequential:
+def _build(spec: ModelSpec, sample_shape: tuple[int, ...], classes: int) -> nn.Module:
+    if spec.kind == "rnn":
+        if len(sample_shape) != 2:
+            raise ValueError(f"ModelSpec: an rnn reads samples of shape (C, L) as L steps of C values, got {tuple(sample_shape)}")
+        return RNN(spec, *sample_shape, classes)
     if spec.kind == "mlp":
         layers: list[nn.Module] = [nn.Flatten()]
         features = math.prod(sample_shape)

@@ -13,6 +13,16 @@ At the end it also measures the accuracy on the training samples it trained on (
 first ``train_subset`` of the training split, or all), in eval mode like the test
 accuracy, for the train/test gap.
 
+Measurements that need more, a training batch, the loss, the optimizer, the data
+(:data:`normlab.lab.measures.MEASURES`), run at those logs or once after the last step;
+whatever they do to the model, the optimizer or the RNG is undone before training goes on.
+
+``trainable`` restricts what the optimizer moves: ``"norm"`` trains only the
+parameters outside the linear and convolution layers (the normalizations' scales and
+shifts), ``"random"`` as many weights chosen at random, two per output unit of every
+hidden linear or convolution layer (Frankle et al.'s baseline); the rest keeps its
+initial values.
+
 A loss that becomes NaN or infinite, or a normalization layer that refuses non-finite
 statistics (``FloatingPointError``), ends the run as *diverged*: recorded with its step
 and reason, the test accuracy of what is left of the model, never an exception.
@@ -21,19 +31,21 @@ and reason, the test accuracy of what is left of the model, never an exception.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import data as datasets
-from .models import ACTIVATIONS, ModelSpec, build
+from .measures import MEASURES, TrainingStep
+from .models import ACTIVATIONS, WEIGHTED, ModelSpec, as_dict, build
 
-__all__ = ["RunConfig", "train", "PROBES", "probe", "RESULT_VERSION"]
+__all__ = ["RunConfig", "train", "PROBES", "probe", "RESULT_VERSION", "TRAINABLE"]
 
 # Bump when a change to the loop changes results: cached runs of older versions are redone.
 RESULT_VERSION = 2
@@ -42,6 +54,8 @@ OPTIMIZERS = {
     "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum),
     "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr),
 }
+
+TRAINABLE = ("all", "norm", "random")
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,8 @@ class RunConfig:
     probes: tuple[str, ...] = ()  # keys of PROBES
     probe_size: int = 500  # test samples the probes see, the same at every log
     train_subset: int = 0  # train on the first this many training samples; 0: all of them
+    measures: tuple[str, ...] = ()  # keys of normlab.lab.measures.MEASURES
+    trainable: str = "all"  # one of TRAINABLE
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -66,14 +82,20 @@ class RunConfig:
             raise ValueError("RunConfig: batch_size must be at least 2, steps and eval_every at least 1")
         if self.train_subset < 0:
             raise ValueError(f"RunConfig: train_subset must be non-negative (0: all samples), got {self.train_subset}")
+        unknown = [m for m in self.measures if m not in MEASURES]
+        if unknown:
+            raise ValueError(f"RunConfig: unknown measures {unknown}; the measures are {sorted(MEASURES)}")
+        if self.trainable not in TRAINABLE:
+            raise ValueError(f"RunConfig: trainable must be one of {TRAINABLE}, got {self.trainable!r}")
 
     def to_dict(self) -> dict:
         """The config as JSON has it (lists, not tuples)."""
-        return {**asdict(self), "probes": list(self.probes)}
+        return as_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
-        return cls(**{**d, "model": ModelSpec(**d["model"]), "probes": tuple(d.get("probes", ()))})
+        tuples = {k: tuple(d[k]) for k in ("probes", "measures") if k in d}
+        return cls(**{**d, "model": ModelSpec(**d["model"]), **tuples})
 
     def key(self) -> str:
         """A hash of everything that determines the result: the cache key of this run."""
@@ -136,6 +158,54 @@ def last_activation_input(model: nn.Module, spec: ModelSpec, x: torch.Tensor) ->
     return q.T.tolist()  # [unit][percentile]
 
 
+# --- measurements and what is trained --------------------------------------------------
+
+
+@contextlib.contextmanager
+def _undone(model: nn.Module, optimizer: torch.optim.Optimizer):
+    """Undo whatever happens inside to the model (parameters, buffers, gradients, modes), the optimizer's state and the RNG."""
+    state = copy.deepcopy(model.state_dict())
+    optimizer_state = copy.deepcopy(optimizer.state_dict())
+    modes = [m.training for m in model.modules()]
+    rng = torch.get_rng_state()
+    try:
+        yield
+    finally:
+        model.load_state_dict(state)
+        optimizer.load_state_dict(optimizer_state)
+        for m, mode in zip(model.modules(), modes):
+            m.training = mode
+        for p in model.parameters():
+            p.grad = None
+        torch.set_rng_state(rng)
+
+
+def _trainable(model: nn.Module, which: str, seed: int) -> list[nn.Parameter]:
+    """The parameters the optimizer moves (see the module's docstring); the others stop requiring gradients."""
+    if which == "all":
+        return list(model.parameters())
+    weighted = [m for m in model.modules() if isinstance(m, WEIGHTED)]
+    in_weighted = {id(p) for m in weighted for p in m.parameters()}
+    if which == "norm":
+        chosen = [p for p in model.parameters() if id(p) not in in_weighted]
+        if not chosen:
+            raise ValueError("RunConfig: trainable='norm' but the model has no parameters outside its linear and convolution layers")
+    else:  # "random": two weights per output unit of each hidden layer, the classifier (last) left out
+        generator = torch.Generator().manual_seed(seed)
+        chosen = []
+        for m in weighted[:-1]:
+            rows = m.weight.detach().flatten(1)
+            mask = torch.zeros_like(rows)
+            for row in mask:
+                row[torch.randperm(row.numel(), generator=generator)[:2]] = 1
+            m.weight.register_hook(lambda g, mask=mask.view_as(m.weight): g * mask)
+            chosen.append(m.weight)
+    ids = {id(p) for p in chosen}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in ids)
+    return chosen
+
+
 # --- the loop -----------------------------------------------------------------------------
 
 
@@ -184,10 +254,22 @@ def train(config: RunConfig, dataset: datasets.Dataset | None = None) -> dict:
     with _one_thread():
         torch.manual_seed(config.seed)
         model = build(config.model, ds.sample_shape, ds.classes)
-        optimizer = OPTIMIZERS[config.optimizer](model.parameters(), config)
+        optimizer = OPTIMIZERS[config.optimizer](_trainable(model, config.trainable, config.seed), config)
         generator = torch.Generator().manual_seed(config.seed)
         x_probe = ds.x_test[: config.probe_size]
         log = {"step": [], "train_loss": [], "test_accuracy": [], "probes": {p: [] for p in config.probes}}
+        if config.measures:
+            log["measures"] = {m: {"step": [], "value": []} for m in config.measures}
+
+        def measure(step, idx, at):
+            """Take the measurements due ``at`` ("logs" or "end"), on the model after ``step`` updates and the batch ``idx``."""
+            seen = TrainingStep(step, model, optimizer, x_train[idx], y_train[idx], config, ds)
+            for name in config.measures:
+                if MEASURES[name].at == at:
+                    with _undone(model, optimizer):
+                        value = MEASURES[name].fn(seen)
+                    log["measures"][name]["step"].append(step)
+                    log["measures"][name]["value"].append(value)
 
         def record(step, losses):
             log["step"].append(step)
@@ -203,6 +285,8 @@ def train(config: RunConfig, dataset: datasets.Dataset | None = None) -> dict:
         batches = _batches(len(x_train), config.batch_size, generator)
         for step in range(1, config.steps + 1):
             idx = next(batches)
+            if config.measures and (step - 1) % config.eval_every == 0:
+                measure(step - 1, idx, "logs")
             try:
                 loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
                 if not torch.isfinite(loss):
@@ -219,6 +303,8 @@ def train(config: RunConfig, dataset: datasets.Dataset | None = None) -> dict:
                 losses = []
         # a diverged run is judged by what is left of the model, not by its last log
         final = accuracy(model, ds.x_test, ds.y_test) if diverged else log["test_accuracy"][-1]
+        if config.measures and not diverged:
+            measure(config.steps, next(batches), "end")
         final_train = accuracy(model, x_train, y_train)
     return {
         **log,

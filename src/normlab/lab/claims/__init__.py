@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from . import faster_training, higher_learning_rates, saturating_activations, stable_distributions
 from . import ghost_batches, init_robustness, placement, regularization, small_batches
+from . import bn_only_training, inference_statistics, noisy_bn, recurrent
 from .base import PROFILES, Claim, Profile, Run, Verdict
 
 CLAIMS: dict[str, Claim] = {
@@ -23,6 +24,10 @@ CLAIMS: dict[str, Claim] = {
         placement.CLAIM,
         small_batches.CLAIM,
         ghost_batches.CLAIM,
+        noisy_bn.CLAIM,
+        inference_statistics.CLAIM,
+        recurrent.CLAIM,
+        bn_only_training.CLAIM,
     ]
 }
 

@@ -1,0 +1,197 @@
+"""noisy-bn: batch norm helps even with covariate shift put back; what it does is smooth the landscape.
+
+Santurkar, Tsipras, Ilyas & Madry 2018, "How Does Batch Normalization Help
+Optimization?": (Sec. 2.1, Fig. 2) a VGG network with noise after every batch norm,
+noise of non-zero mean and non-unit variance whose distribution changes at every step,
+trains about as well as with plain batch norm, although its layers' input
+distributions are far less stable, and better than without batch norm; (Sec. 2.2)
+measured by their gradient-based Definition 2.1, batch norm does not even reduce
+internal covariate shift; (Sec. 3.1, Fig. 4) what it does is make the loss landscape
+smoother: along the gradient the loss varies less, the gradient stays more predictive,
+and the "effective beta-smoothness" is lower.
+
+Here: a 4x100 ReLU MLP on MNIST-1D, SGD at learning rate 0.1, batch 60, four variants:
+BN, noisy BN (BN followed by :class:`~normlab.lab.models.ShiftingNoise`), no BN, and no
+BN with the same noise after each linear map. At every log: internal covariate shift
+(measure ``ics``), the landscape along the gradient (``smoothness``), and the inputs
+to the last ReLUs (probe ``last_activation_input``, whose drift stable-distributions
+uses).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..measures import ETA_MULTIPLES
+from ..models import ModelSpec
+from ..train import RunConfig
+from . import base
+from .base import Claim, Profile, Run
+from .stable_distributions import drift
+
+VARIANTS = {  # label -> (norm, noise)
+    "BN": ("bn", False),
+    "noisy BN": ("bn", True),
+    "no BN": ("none", False),
+    "no BN + noise": ("none", True),
+}
+CLOSE = 0.05  # noisy BN "performs close to BN": its test accuracy at most 5 points below, beyond the noise
+
+
+def runs(profile: Profile) -> list[RunConfig]:
+    return [
+        RunConfig(
+            ModelSpec("mlp", depth=4, width=100, activation="relu", norm=norm, noise=noise),
+            data=profile.data,
+            optimizer="sgd",
+            lr=0.1,
+            batch_size=60,
+            steps=profile.pick(60, 2000, 6000),
+            eval_every=profile.pick(20, 200, 500),
+            seed=seed,
+            probes=("last_activation_input",),
+            measures=("ics", "smoothness"),
+        )
+        for norm, noise in VARIANTS.values()
+        for seed in range(profile.seeds)
+    ]
+
+
+def _label(config: RunConfig) -> str:
+    return next(k for k, v in VARIANTS.items() if v == (config.model.norm, config.model.noise))
+
+
+def landscape(value: dict) -> dict:
+    """One log's smoothness figures: the range of the loss over the grid (and at ``w``), the
+    largest gradient change, the effective beta (largest ratio); None where nothing was finite."""
+    losses = [x for x in [value["loss"], *value["loss_along"]] if x is not None]
+    changes = [x for x in value["gradient_change"] if x is not None]
+    betas = [x for x in value["beta"] if x is not None]
+    return {
+        "loss range": max(losses) - min(losses) if losses else None,
+        "gradient change": max(changes) if changes else None,
+        "beta": max(betas) if betas else None,
+    }
+
+
+def curves(run: Run) -> dict[str, tuple[list, list]]:
+    """Per logged step: ICS (l2 and cos, means over layers), the three landscape figures and the gradient's norm."""
+    ics = run.result["measures"]["ics"]
+    smooth = run.result["measures"]["smoothness"]
+    out = {
+        "ICS l2": (ics["step"], [float(np.mean(v["l2"])) for v in ics["value"]]),
+        "ICS cos": (ics["step"], [float(np.mean(v["cos"])) for v in ics["value"]]),
+    }
+    per_log = [landscape(v) for v in smooth["value"]]
+    for key in ("loss range", "gradient change", "beta"):
+        out[key] = (smooth["step"], [f[key] for f in per_log])
+    out["gradient norm"] = (smooth["step"], [v["gradient_norm"] for v in smooth["value"]])
+    return out
+
+
+def _mean_after_start(steps, values) -> float:
+    """The mean over the logs after step 0: what training goes through, not the network at initialization."""
+    kept = [v for s, v in zip(steps, values) if s > 0 and v is not None]
+    return float(np.mean(kept)) if kept else float("nan")
+
+
+def _beta_at(run: Run, i: int) -> float:
+    """The run's ratio ``||g(w) - g(w - eta g)|| / ||eta g||`` at the ``i``-th step size, averaged over the logs after step 0."""
+    smooth = run.result["measures"]["smoothness"]
+    return _mean_after_start(smooth["step"], [v["beta"][i] for v in smooth["value"]])
+
+
+def summarize(runs: list[Run]) -> dict:
+    by = base.group(runs, _label)
+    figures: dict = {}
+    for label, rs in by.items():
+        figures[f"final test accuracy, {label}"] = base.stat([r.result["final_test_accuracy"] for r in rs])
+    for label, rs in by.items():
+        figures[f"final training loss, {label}"] = base.stat([r.result["train_loss"][-1] for r in rs])
+    for label, rs in by.items():
+        figures[f"drift of the last layer's input, {label}"] = base.stat([drift(r) for r in rs])
+    for key in ("ICS l2", "ICS cos", "loss range", "gradient change", "beta", "gradient norm"):
+        for label, rs in by.items():
+            figures[f"{key}, {label}"] = base.stat([_mean_after_start(*curves(r)[key]) for r in rs])
+    for label, rs in by.items():  # beta is a maximum over the grid: where on it the maximum lies matters
+        figures[f"beta by step size (x learning rate), {label}"] = {
+            f"{m:g}": base.stat([_beta_at(r, i) for r in rs]) for i, m in enumerate(ETA_MULTIPLES)
+        }
+    figures["non-finite losses along the gradient (all runs)"] = sum(
+        v is None for r in runs for log in r.result["measures"]["smoothness"]["value"] for v in log["loss_along"]
+    )
+    return figures
+
+
+def verdict(figures: dict):
+    def values(name):
+        return figures[name]["values"]
+
+    return base.combine(
+        base.compare(
+            values("final test accuracy, noisy BN"),
+            values("final test accuracy, BN"),
+            min_effect=-CLOSE,
+            what="test accuracy of noisy BN minus BN",
+        ),
+        base.compare(
+            values("final test accuracy, noisy BN"),
+            values("final test accuracy, no BN"),
+            what="test accuracy of noisy BN minus no BN",
+        ),
+        base.compare(values("loss range, no BN"), values("loss range, BN"), what="loss range along the gradient, no BN - BN"),
+        base.compare(
+            values("gradient change, no BN"), values("gradient change, BN"), what="gradient change along the gradient, no BN - BN"
+        ),
+        base.compare(values("beta, no BN"), values("beta, BN"), what="effective beta-smoothness, no BN - BN"),
+    )
+
+
+def plot(runs: list[Run], figures: dict):
+    from .. import plots
+
+    panels = ("test accuracy", "ICS l2", "loss range", "gradient change", "beta")
+    titles = {
+        "ICS l2": "ICS: ||G - G'|| (mean over layers)",
+        "loss range": "loss range along the gradient",
+        "gradient change": "max ||g(w) - g(w - eta g)||",
+        "beta": "effective beta-smoothness",
+    }
+    fig, axes = plots.figure(len(panels), title="noisy-bn: 4x100 ReLU MLP, SGD 0.1 (mean ± std over seeds)", width=4.2)
+    for label, rs in base.group(runs, _label).items():
+        style = {"linestyle": "--"} if "noise" in label else {}
+        plots.band(axes[0], rs[0].result["step"], [r.result["test_accuracy"] for r in rs], label, **style)
+        for ax, key in zip(axes[1:], panels[1:]):
+            steps = curves(rs[0])[key][0]
+            plots.band(ax, steps, [curves(r)[key][1] for r in rs], label, **style)
+    for ax, key in zip(axes, panels):
+        ax.set(xlabel="training step", ylabel=key, title=titles.get(key, key))
+        if key in ("gradient change", "beta"):
+            ax.set_yscale("log")
+    axes[0].legend()
+    return fig
+
+
+CLAIM = Claim(
+    name="noisy-bn",
+    source="Santurkar, Tsipras, Ilyas & Madry 2018, Sec. 2-3, Figs. 2-4",
+    statement=(
+        "A network with noise of changing mean and variance injected after every BN (more covariate shift) "
+        "trains about as well as with plain BN and better than without BN; BN's benefit is a smoother loss "
+        "landscape (less loss variation and more predictive gradients along the gradient, lower beta-smoothness)."
+    ),
+    measured=(
+        "4x100 ReLU MLP, SGD 0.1: final test accuracy of BN, noisy BN, no BN, no BN + noise; at every log, ICS "
+        "(Def. 2.1: ||G_i - G'_i||, cos) and, along the gradient for steps of 0.25-4x the learning rate, the loss "
+        "range, the largest gradient change and the effective beta (means over the logs after step 0)"
+    ),
+    criterion=(
+        f"all, each beyond 2 standard errors over seeds: (a) noisy BN's test accuracy is at most {CLOSE:.0%} "
+        "(absolute) below BN's and above no BN's; (b) with BN the loss range, the gradient change and the effective "
+        "beta are each smaller than without BN"
+    ),
+    runs=runs,
+    summarize=summarize,
+    verdict=verdict,
+    plot=plot,
+)

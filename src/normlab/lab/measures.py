@@ -1,0 +1,250 @@
+"""Measurements taken during a run that need more than a probe gets: a training step.
+
+A probe (:data:`normlab.lab.train.PROBES`) sees the model and a fixed batch of test
+samples. A *measure* sees a :class:`TrainingStep`: the model and its optimizer after
+``step`` updates, the training batch of the next step, the loss on it, the run's
+config and data. It runs at every log (``at="logs"``: on the state after 0,
+``eval_every``, ``2 * eval_every``, ... updates) or once after the last step
+(``at="end"``), and may do anything to the model, the optimizer and the RNG: the loop
+undoes it all before training goes on, so a measured run trains exactly as an
+unmeasured one. Its JSON-ready values go to the result's ``measures[name]`` as
+``{"step": [...], "value": [...]}``.
+
+The measures here:
+
+* ``ics``: internal covariate shift by Santurkar et al. 2018's Definition 2.1;
+* ``smoothness``: the loss landscape along the gradient (Santurkar et al. Sec. 3.1);
+* ``inference_statistics``: test accuracy under each kind of normalization statistics;
+* ``longer_sequences``: test accuracy on MNIST-1D resampled to longer sequences;
+* ``gammas``: the normalizations' scales at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..tools._common import is_batchnorm
+from ..tools.precise import precise_batchnorm
+from . import data as datasets
+from .models import WEIGHTED
+
+if TYPE_CHECKING:
+    from .train import RunConfig
+
+__all__ = ["MEASURES", "Measure", "TrainingStep", "measure", "ETA_MULTIPLES", "TEST_LENGTHS", "batch_statistics_accuracy"]
+
+
+class Measure(NamedTuple):
+    fn: Callable[[TrainingStep], Any]
+    at: str  # "logs" or "end"
+
+
+MEASURES: dict[str, Measure] = {}
+
+
+def measure(name: str, at: str = "logs"):
+    """Register ``fn(step: TrainingStep) -> JSON-ready value`` as the measure ``name``, taken at every log or at the end."""
+    if at not in ("logs", "end"):
+        raise ValueError(f"measure {name!r}: at must be 'logs' or 'end', got {at!r}")
+
+    def register(fn):
+        MEASURES[name] = Measure(fn, at)
+        return fn
+
+    return register
+
+
+@dataclass(frozen=True)
+class TrainingStep:
+    """The state of a run as a measure sees it: after ``step`` updates, with the next training batch ``(x, y)``."""
+
+    step: int
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    x: torch.Tensor
+    y: torch.Tensor
+    config: RunConfig
+    dataset: datasets.Dataset
+
+    def loss(self) -> torch.Tensor:
+        """The training loss on this batch, as the loop computes it (the model in its current mode)."""
+        return F.cross_entropy(self.model(self.x), self.y)
+
+    def trained(self) -> list[nn.Parameter]:
+        """The parameters training moves, in the model's order (for a Sequential: forward order)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def _gradient(step: TrainingStep, wrt: list[torch.Tensor], rng: torch.Tensor) -> list[torch.Tensor]:
+    """The loss's gradient with the RNG at ``rng``: the same dropout masks and noise on every call."""
+    torch.set_rng_state(rng)
+    return list(torch.autograd.grad(step.loss(), wrt))
+
+
+@measure("ics")
+def internal_covariate_shift(step: TrainingStep) -> dict:
+    """Santurkar et al. 2018, Definition 2.1, for every linear or convolution layer ``i`` but the first.
+
+    ``G_i`` is the gradient of the loss on this batch with respect to layer ``i``'s
+    weight; ``G'_i`` the same gradient after every parameter before layer ``i`` (in
+    the model's order) has taken this step's update, the optimizer's step computed
+    from the full gradient, while layer ``i`` and those after it have not. Returns
+    ``{"l2": [||G_i - G'_i||], "cos": [cos(G_i, G'_i)]}``, one entry per layer. The
+    randomness (noise, dropout) is the same in both: the shift measured is the one
+    the other layers' update causes.
+    """
+    params = step.trained()
+    index = {id(p): i for i, p in enumerate(params)}
+    layers = [m.weight for m in step.model.modules() if isinstance(m, WEIGHTED) and id(m.weight) in index][1:]
+    rng = torch.get_rng_state()
+    before_grads = _gradient(step, params, rng)
+    before = [p.detach().clone() for p in params]
+    for p, g in zip(params, before_grads):
+        p.grad = g.clone()
+    step.optimizer.step()
+    after = [p.detach().clone() for p in params]
+    out: dict[str, list[float]] = {"l2": [], "cos": []}
+    for w in layers:
+        i = index[id(w)]
+        with torch.no_grad():
+            for j, p in enumerate(params):
+                p.copy_(after[j] if j < i else before[j])
+        (shifted,) = _gradient(step, [w], rng)
+        g = before_grads[i]
+        out["l2"].append(float((g - shifted).norm()))
+        out["cos"].append(float(F.cosine_similarity(g.flatten(), shifted.flatten(), dim=0)))
+    return out
+
+
+ETA_MULTIPLES = (0.25, 0.5, 1.0, 2.0, 4.0)  # the step sizes of `smoothness`, in units of the run's learning rate
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+@measure("smoothness")
+def smoothness(step: TrainingStep) -> dict:
+    """The loss landscape along the gradient ``g`` at ``w`` (Santurkar et al. 2018, Sec. 3.1, Fig. 4).
+
+    For each step size ``eta`` in :data:`ETA_MULTIPLES` times the run's learning rate:
+    the loss ``L(w - eta g)``, the gradient's change ``||g(w) - g(w - eta g)||``
+    ("gradient predictiveness": small when the gradient stays predictive), and their
+    ratio to the distance moved, ``||g(w) - g(w - eta g)|| / ||eta g||``, whose maximum
+    over the grid is the "effective beta-smoothness". All on this batch, with the
+    same randomness at every point; non-finite values are recorded as None.
+    """
+    params = step.trained()
+    rng = torch.get_rng_state()
+
+    def loss_and_gradient():
+        torch.set_rng_state(rng)
+        loss = step.loss()
+        return loss.item(), torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+
+    start = [p.detach().clone() for p in params]
+    loss, g = loss_and_gradient()
+    norm = g.norm().item()
+    out = {"loss": _finite(loss), "gradient_norm": _finite(norm), "eta": [], "loss_along": [], "gradient_change": [], "beta": []}
+    for multiple in ETA_MULTIPLES:
+        eta = multiple * step.config.lr
+        with torch.no_grad():
+            offset = 0
+            for p, w in zip(params, start):
+                p.copy_(w - eta * g[offset : offset + p.numel()].view_as(p))
+                offset += p.numel()
+        moved_loss, moved_g = loss_and_gradient()
+        change = (moved_g - g).norm().item()
+        out["eta"].append(eta)
+        out["loss_along"].append(_finite(moved_loss))
+        out["gradient_change"].append(_finite(change))
+        out["beta"].append(_finite(change / (eta * norm)) if norm > 0 else None)
+    return out
+
+
+def batch_statistics_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
+    """Test accuracy with every batch norm normalizing by the statistics of the test batch
+    (consecutive batches of ``batch`` samples), as in training, the rest of the model as at
+    inference. A batch of one normalizes each value by itself: to 0, so the batch norm
+    outputs its shift (normlab's ``one_value_per_channel="skip_update"``). Running
+    statistics are not updated; a sample with non-finite outputs counts as wrong."""
+    bns = [m for m in model.modules() if is_batchnorm(m)]
+    was = [(m.training, m.track_running_stats, getattr(m, "one_value_per_channel", None)) for m in bns]
+    modes = [m.training for m in model.modules()]
+    model.eval()
+    try:
+        for m in bns:
+            m.train()
+            m.track_running_stats = False  # batch statistics, nothing written to the running ones
+            if hasattr(m, "one_value_per_channel"):
+                m.one_value_per_channel = "skip_update"
+        correct = 0
+        with torch.no_grad():
+            for i in range(0, len(x), batch):
+                out = model(x[i : i + batch])
+                correct += int(((out.argmax(1) == y[i : i + batch]) & torch.isfinite(out).all(1)).sum())
+    finally:
+        for m, (training, track, policy) in zip(bns, was):
+            m.track_running_stats = track
+            if policy is not None:
+                m.one_value_per_channel = policy
+        for m, mode in zip(model.modules(), modes):
+            m.training = mode
+    return correct / len(x)
+
+
+TEST_BATCHES = (1, 8)  # test batch sizes of `inference_statistics`, besides the whole test set
+
+
+@measure("inference_statistics", at="end")
+def inference_statistics(step: TrainingStep) -> dict:
+    """Test accuracy of the trained model under each kind of normalization statistics:
+
+    ``running``: its running averages (what ``model.eval()`` uses; their momentum is the
+    model spec's ``norm_momentum``); ``precise``: population statistics recomputed
+    exactly over the training set (:func:`normlab.precise_batchnorm`, batches of the
+    run's batch size); ``batch 1``, ``batch 8``, ``batch all``: each test batch's own
+    statistics (:func:`batch_statistics_accuracy`).
+    """
+    from .train import accuracy
+
+    ds, model = step.dataset, step.model
+    out = {"running": accuracy(model, ds.x_test, ds.y_test)}
+    for size in (*TEST_BATCHES, len(ds.x_test)):
+        label = "all" if size == len(ds.x_test) else size
+        out[f"batch {label}"] = batch_statistics_accuracy(model, ds.x_test, ds.y_test, size)
+    b = step.config.batch_size
+    precise_batchnorm(model, [ds.x_train[i : i + b] for i in range(0, len(ds.x_train), b)], progress=False)
+    out["precise"] = accuracy(model, ds.x_test, ds.y_test)
+    return out
+
+
+TEST_LENGTHS = (40, 60, 80)  # MNIST-1D test sequences of `longer_sequences`: 40 is the training length
+
+
+@measure("longer_sequences", at="end")
+def longer_sequences(step: TrainingStep) -> dict:
+    """Test accuracy on MNIST-1D's test signals generated at each length of :data:`TEST_LENGTHS`
+    (:func:`normlab.lab.data.mnist1d_test_at`: the same signals, resampled), keyed by length."""
+    from .train import accuracy
+
+    if step.dataset.name != "mnist1d":
+        raise ValueError(f"the longer_sequences measure needs the mnist1d dataset, got {step.dataset.name!r}")
+    return {str(n): accuracy(step.model, *datasets.mnist1d_test_at(n)) for n in TEST_LENGTHS}
+
+
+@measure("gammas", at="end")
+def gammas(step: TrainingStep) -> list[float]:
+    """The scale (gamma, ``weight``) of every normalization layer at the end, all channels in one list."""
+    return [
+        float(v)
+        for m in step.model.modules()
+        if not isinstance(m, WEIGHTED) and m._parameters.get("weight") is not None
+        for v in m.weight.detach().flatten()
+    ]
