@@ -8,7 +8,7 @@ What it reports, by code:
 ``bn-training-mode``  batch norms in training mode while you say you are evaluating:
                       outputs depend on the rest of the batch and the running
                       statistics keep moving.
-``small-batch``       the example batch gives a batch norm fewer than 8 samples or
+``small-batch``       the example batch gives a batch norm that uses batch statistics (not a frozen one) fewer than 8 samples or
                       fewer than 32 values per channel (at 32 values the batch
                       variance is off by about 25% from one batch to the next;
                       Wu & He 2018 measure ResNet-50 at 23.6% error with 32 samples
@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._common import has_running_stats, is_batchnorm, preserved, run_batch
+from ._common import has_running_stats, is_batchnorm, preserved, run_batch, uses_batch_statistics
 
 __all__ = ["Finding", "doctor"]
 
@@ -151,7 +151,7 @@ def _watch_forward(model, layers, example_batch, forward, evaluating) -> list[Fi
         if ref is not None and ref() is x:
             findings.extend(_source_findings(name, src_name, src, x))
         samples, values = x.shape[0], x.numel() // x.shape[1]
-        if samples < MIN_SAMPLES or values < MIN_VALUES:
+        if (samples < MIN_SAMPLES or values < MIN_VALUES) and uses_batch_statistics(bn):
             small.append((name, samples, values))
         findings.extend(_statistics_findings(name, bn, x, evaluating))
 
