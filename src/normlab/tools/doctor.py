@@ -8,11 +8,12 @@ What it reports, by code:
 ``bn-training-mode``  batch norms in training mode while you say you are evaluating:
                       outputs depend on the rest of the batch and the running
                       statistics keep moving.
-``small-batch``       the example batch gives a batch norm that uses batch statistics (not a frozen one) fewer than 8 samples or
+``small-batch``       the example batch gives a batch norm fewer than 8 samples or
                       fewer than 32 values per channel (at 32 values the batch
                       variance is off by about 25% from one batch to the next;
                       Wu & He 2018 measure ResNet-50 at 23.6% error with 32 samples
-                      per batch, 27.3% with 4 and 34.7% with 2).
+                      per batch, 27.3% with 4 and 34.7% with 2). Frozen batch
+                      norms, which use their running statistics, are left out.
 ``bias-before-bn``    a Conv/Linear with a bias feeds a batch norm, which subtracts
                       the channel mean and with it the bias: wasted parameters.
 ``bn-after-dropout``  a batch norm directly after a Dropout with p > 0: its running
