@@ -47,6 +47,11 @@ def test_small_batch():
     images = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4))
     assert "small-batch" in [f.code for f in normlab.doctor(images, torch.randn(4, 3, 10, 10))]  # 256 values, 4 samples
     assert "small-batch" not in [f.code for f in normlab.doctor(images, torch.randn(8, 3, 10, 10))]
+    # a frozen batch norm uses no batch statistics: a small batch is no problem for it
+    assert "small-batch" not in [f.code for f in normlab.doctor(normlab.freeze_batchnorm(images), torch.randn(4, 3, 10, 10))]
+    frozen = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), normlab.BatchNorm2d(4))
+    frozen[1].freeze("statistics")
+    assert "small-batch" not in [f.code for f in normlab.doctor(frozen, torch.randn(4, 3, 10, 10))]
 
 
 def test_bias_before_bn():

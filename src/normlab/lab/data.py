@@ -27,13 +27,14 @@ import json
 import os
 import pathlib
 import pickle
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["Dataset", "DataError", "load", "mnist1d_test_at", "cache_dir", "read_idx", "read_cifar", "atomic_write"]
+from .._atomic import atomic_write
+
+__all__ = ["Dataset", "DataError", "load", "mnist1d_test_at", "cache_dir", "read_idx", "read_cifar"]
 
 # The generator's arguments: mnist1d's defaults (5000 samples, 80% for training, seed 42).
 MNIST1D_ARGS = {
@@ -81,23 +82,6 @@ class Dataset:
 def cache_dir() -> pathlib.Path:
     """Where generated data is cached: ``$NORMLAB_CACHE``, else ``~/.cache/normlab``."""
     return pathlib.Path(os.environ.get("NORMLAB_CACHE") or pathlib.Path.home() / ".cache" / "normlab")
-
-
-def atomic_write(path: pathlib.Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make reports private
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load(name: str = "mnist1d") -> Dataset:

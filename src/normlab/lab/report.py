@@ -20,7 +20,7 @@ import sys
 from . import plots
 from .claims import CLAIMS, Run
 from .claims.base import fmt
-from .data import atomic_write
+from .._atomic import atomic_write
 from .train import RunConfig
 
 __all__ = ["write", "table"]

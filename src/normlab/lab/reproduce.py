@@ -22,13 +22,13 @@ import multiprocessing
 import os
 import pathlib
 import platform
-import sys
 import time
 from importlib import metadata
 
+from .._atomic import atomic_write
+from .._progress import Progress
 from . import data as datasets
 from .claims import CLAIMS, Claim, Profile, Run
-from .data import atomic_write
 from .models import build, macs
 from .train import RESULT_VERSION, RunConfig, train
 
@@ -79,47 +79,6 @@ def _macs(spec, sample_shape, classes) -> int:
     return macs(build(spec, sample_shape, classes), sample_shape)
 
 
-class Progress:
-    """``[#####.....] 12/40 runs  1:02 elapsed, about 0:48 left`` on stderr, weighted by each run's cost."""
-
-    def __init__(self, total: float, runs: int, stream=None):
-        self.total, self.runs, self.done, self.finished = total, runs, 0.0, 0
-        self.stream = stream if stream is not None else sys.stderr
-        self.start = time.monotonic()
-        self.tty = getattr(self.stream, "isatty", lambda: False)()
-        self._shown = -1
-        self._width = 0
-
-    def advance(self, cost: float) -> None:
-        self.done += cost
-        self.finished += 1
-        self.show()
-
-    def show(self) -> None:
-        if not self.runs:
-            return
-        frac = min(self.done / self.total, 1.0) if self.total else 1.0
-        if not self.tty and int(frac * 10) == self._shown and self.finished < self.runs:
-            return  # in a log, one line per tenth
-        self._shown = int(frac * 10)
-        elapsed = time.monotonic() - self.start
-        left = elapsed * (1 - frac) / frac if frac > 0 else None
-        bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
-        eta = f"about {_clock(left)} left" if left is not None else "estimating"
-        line = f"[{bar}] {self.finished}/{self.runs} runs  {_clock(elapsed)} elapsed, {eta}"
-        if self.tty:  # redraw in place, blanking what a longer previous line left
-            self.stream.write("\r" + line.ljust(self._width) + ("\n" if self.finished == self.runs else ""))
-            self._width = len(line)
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m}:{s:02d}"
-
-
 def run_all(configs: list[RunConfig], out: pathlib.Path, jobs: int = 1, progress: bool = True) -> dict[str, dict]:
     """Results of every config by key, training those not cached under ``out``."""
     unique = {c.key(): c for c in configs}
@@ -128,7 +87,7 @@ def run_all(configs: list[RunConfig], out: pathlib.Path, jobs: int = 1, progress
     if not todo:
         return results
     costs = {c.key(): _cost(c) for c in todo}
-    bar = Progress(sum(costs.values()), len(todo)) if progress else None
+    bar = Progress(len(todo), work=sum(costs.values()), unit="runs") if progress else None
     if progress:
         bar.stream.write(f"{len(todo)} runs to train ({len(results)} already done), {min(jobs, len(todo))} at a time\n")
         bar.show()

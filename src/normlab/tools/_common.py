@@ -37,6 +37,15 @@ def is_batchnorm(module: nn.Module) -> bool:
     )
 
 
+def uses_batch_statistics(bn: nn.Module) -> bool:
+    """Whether the batch norm ``bn`` normalizes with the batch's statistics in training mode:
+    not a frozen one (normlab's ``FrozenBatchNorm`` or ``freeze("statistics")``, torchvision's
+    ``FrozenBatchNorm2d``), which applies its running statistics whatever the mode."""
+    if isinstance(bn, _TorchBatchNorm):
+        return True
+    return isinstance(bn, _BatchNorm) and not bn.frozen_statistics
+
+
 def has_running_stats(bn: nn.Module) -> bool:
     return bn.running_mean is not None and bn.running_var is not None
 

@@ -12,7 +12,8 @@ What it reports, by code:
                       fewer than 32 values per channel (at 32 values the batch
                       variance is off by about 25% from one batch to the next;
                       Wu & He 2018 measure ResNet-50 at 23.6% error with 32 samples
-                      per batch, 27.3% with 4 and 34.7% with 2).
+                      per batch, 27.3% with 4 and 34.7% with 2). Frozen batch
+                      norms, which use their running statistics, are left out.
 ``bias-before-bn``    a Conv/Linear with a bias feeds a batch norm, which subtracts
                       the channel mean and with it the bias: wasted parameters.
 ``bn-after-dropout``  a batch norm directly after a Dropout with p > 0: its running
@@ -46,7 +47,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._common import has_running_stats, is_batchnorm, preserved, run_batch
+from ._common import has_running_stats, is_batchnorm, preserved, run_batch, uses_batch_statistics
 
 __all__ = ["Finding", "doctor"]
 
@@ -151,7 +152,7 @@ def _watch_forward(model, layers, example_batch, forward, evaluating) -> list[Fi
         if ref is not None and ref() is x:
             findings.extend(_source_findings(name, src_name, src, x))
         samples, values = x.shape[0], x.numel() // x.shape[1]
-        if samples < MIN_SAMPLES or values < MIN_VALUES:
+        if (samples < MIN_SAMPLES or values < MIN_VALUES) and uses_batch_statistics(bn):
             small.append((name, samples, values))
         findings.extend(_statistics_findings(name, bn, x, evaluating))
 
