@@ -52,4 +52,5 @@ def median_times(runs: dict, rounds: int, min_time: float) -> dict:
 
 
 def geomean(xs):
-    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+    """The geometric mean of positive ratios; NaN for none."""
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")

@@ -25,21 +25,10 @@ import platform
 import torch
 
 import normlab
-from bench_batchnorm import QUICK, RESNET50_BATCH32, geomean, median_times
+from _timing import geomean, make_step, median_times
+from bench_batchnorm import QUICK, RESNET50_BATCH32
 
 VIRTUAL_BATCH = 8
-
-
-def make_step(layer, x, dy, train):
-    def run():
-        if train:
-            x.grad = None
-            layer(x).backward(dy)
-        else:
-            with torch.no_grad():
-                layer(x)
-
-    return run
 
 
 def layers(channels: int) -> dict:
@@ -79,7 +68,7 @@ def main(argv=None):
             train = mode == "train"
             for layer in runners.values():
                 layer.train(train)
-            times = median_times({name: make_step(layer, x, dy, train) for name, layer in runners.items()}, rounds, min_time)
+            times = median_times({name: make_step(layer, x, dy, None, train) for name, layer in runners.items()}, rounds, min_time)
             row = f"{str(shape):<22}{mode:<8}{times['torch'] * 1e3:>10.3f}"
             for v in variants:
                 ratios[(mode, v)].append(times[v] / times["torch"])

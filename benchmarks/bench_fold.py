@@ -18,7 +18,7 @@ import argparse
 import platform
 
 import torch
-from bench_batchnorm import geomean, median_times
+from _timing import geomean, median_times
 from torch import nn
 
 import normlab

@@ -35,6 +35,7 @@ import sys
 from typing import NamedTuple
 
 import torch
+from _timing import geomean, make_step
 
 RESNET50 = [(64, 112), (256, 56), (512, 28), (1024, 14), (2048, 7)]  # (channels, spatial) of each stage
 SMALL_SPATIAL = [(256, 1024, 4, 4), (256, 2048, 2, 2), (512, 2048, 1, 1)]  # channels-last
@@ -58,10 +59,6 @@ def cases(quick: bool) -> list[Case]:
     grid = [Case((n, c, s, s), layout) for n in (32, 256) for c, s in RESNET50
             for layout in ("channels_first", "channels_last")]
     return grid + [Case((100000, 32), "channels_last")] + [Case(s, "channels_last") for s in SMALL_SPATIAL]
-
-
-def geomean(xs):
-    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
 
 
 def derive_rule(speedups: dict[tuple[str, str, torch.dtype], list[tuple[int, float]]]) -> dict:
@@ -113,20 +110,6 @@ def copy_bandwidth(device) -> float:
     return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
-def step(layer, x, dy, train: bool, backend=None):
-    import normlab
-
-    def run():
-        with normlab.use_backend(backend):
-            if train:
-                layer(x).backward(dy)
-            else:
-                with torch.no_grad():
-                    layer(x)
-
-    return run
-
-
 def make_inputs(case: Case, dtype, device):
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(case.shape, generator=gen, device=device, dtype=dtype)
@@ -157,7 +140,7 @@ def measure(case: Case, dtype, train: bool, device, compile_: bool) -> dict[str,
     def time(name, layer, backend=None):
         layer.train(train)
         params = [p for p in layer.parameters()]
-        times[name] = bench_ms(step(layer, x, dy, train, backend), grad_to_none=[x, *params] if train else None)
+        times[name] = bench_ms(make_step(layer, x, dy, backend, train), grad_to_none=[x, *params] if train else None)
 
     time("triton", normlab_bn(case.shape[1], len(case.shape), device), "triton")
     time("cudnn", torch_bn(case, device))

@@ -15,6 +15,7 @@ SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu
 
 
 def load():
+    sys.path.insert(0, str(SCRIPT.parent))  # as `python benchmarks/bench_gpu.py` does, for _timing
     spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
