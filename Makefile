@@ -24,6 +24,8 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_batchnorm.py $(ARGS)
 	$(PY) benchmarks/bench_norms.py $(ARGS)
+	$(PY) benchmarks/bench_bn_variants.py $(ARGS)
+	$(PY) benchmarks/bench_fold.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

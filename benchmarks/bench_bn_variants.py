@@ -9,6 +9,9 @@ For each shape it times training forward+backward and inference forward of
     warm-up   normlab.BatchRenorm2d in its warm-up steps, where it is batch norm and runs
               as such (torch's kernel on the CPU)
     ghost     normlab.GhostBatchNorm with virtual batches of 8 (4 per batch of 32)
+    frozen    normlab.FrozenBatchNorm: fixed statistics and affine in training too, so its
+              training step is an inference forward plus the input's gradient; against
+              torch's training step it shows what freezing a layer saves
 and prints the time ratio against torch (below 1 is faster) and the geometric means.
 In inference every variant is batch norm with running statistics. Rounds interleave
 the runners; each figure is the median over rounds (see bench_batchnorm.py).
@@ -41,6 +44,7 @@ def layers(channels: int) -> dict:
         "renorm": renorm,
         "warm-up": normlab.BatchRenorm2d(channels, warmup_steps=10**9),
         "ghost": normlab.GhostBatchNorm(channels, virtual_batch_size=VIRTUAL_BATCH),
+        "frozen": normlab.FrozenBatchNorm(channels),
     }
 
 
@@ -52,7 +56,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     shapes = QUICK if args.quick else RESNET50_BATCH32
     rounds, min_time = (3, 0.02) if args.quick else (args.rounds, args.min_time)
-    variants = ["renorm", "warm-up", "ghost"]
+    variants = ["renorm", "warm-up", "ghost", "frozen"]
 
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, float32, NCHW")
     header = f"{'shape':<22}{'mode':<8}{'torch ms':>10}" + "".join(f"{v + '/torch':>15}" for v in variants)

@@ -1,7 +1,8 @@
-"""Layer, group, instance and RMS norm on the CPU: normlab against torch.nn, same tensors, same process.
+"""Layer, group, instance, RMS and weight norm on the CPU: normlab against torch, same tensors, same process.
 
 For each layer and shape it times training forward+backward and inference forward of
-    torch    the torch.nn module (LayerNorm, GroupNorm, InstanceNorm2d, RMSNorm)
+    torch    the torch.nn module (LayerNorm, GroupNorm, InstanceNorm2d, RMSNorm), or a Linear
+             under torch.nn.utils.parametrizations.weight_norm
     default  the normlab module with the automatic backend choice
     own      the normlab module forced onto normlab's own implementation
 and prints the time ratio against torch (below 1 is faster) and the geometric means,
@@ -29,7 +30,14 @@ CASES = [
     ("GroupNorm", lambda nn, s: nn.GroupNorm(32, s[1]), [(32, 256, 28, 28), (8, 512, 32, 32)], [(4, 64, 4, 4)]),
     ("InstanceNorm2d", lambda nn, s: nn.InstanceNorm2d(s[1], affine=True), [(16, 64, 128, 128), (16, 256, 32, 32)],
      [(4, 16, 8, 8)]),
+    # a weight-normalized Linear (width x width) on a (batch, width) input: the matmul included
+    ("WeightNorm", lambda nn, s: weight_norm(nn)(torch.nn.Linear(s[-1], s[-1])), [(256, 1024), (32, 4096)], [(8, 32)]),
 ]
+
+
+def weight_norm(namespace):
+    return normlab.weight_norm if namespace is normlab else torch.nn.utils.parametrizations.weight_norm
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -19,4 +19,4 @@ def test_quick_run_prints_the_ratios():
     for mode in ("train fwd+bwd", "eval fwd"):
         (line,) = [line for line in run.stdout.splitlines() if line.startswith(f"geomean {mode}")]
         ratios = [float(r) for r in re.findall(r"\d+\.\d+", line)]
-        assert len(ratios) == 3 and all(r > 0 for r in ratios)
+        assert len(ratios) == 4 and all(r > 0 for r in ratios)
