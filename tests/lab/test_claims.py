@@ -37,6 +37,9 @@ def test_compare(claimed, against, min_effect, expected):
     v = base.compare(claimed, against, min_effect=min_effect, what="effect")
     assert v.verdict == expected, v.explanation
     assert v.explanation.startswith("effect: ")
+    # a figure of base.stat stands for its per-seed values
+    as_figures = [base.stat(s) if isinstance(s, list) else s for s in (claimed, against)]
+    assert base.compare(*as_figures, min_effect=min_effect, what="effect") == v
 
 
 def test_combine():

@@ -97,9 +97,10 @@ def stat(values) -> dict:
 def compare(claimed, against, *, min_effect: float = 0.0, what: str) -> Verdict:
     """Is ``mean(claimed) - mean(against)`` above ``min_effect``, beyond the seeds' noise?
 
-    Each side is a list of per-seed values or a plain number (a fixed threshold, no noise).
+    Each side is a figure of :func:`stat`, a list of per-seed values, or a plain number
+    (a fixed threshold, no noise).
     """
-    sides = [stat(s) if isinstance(s, (list, tuple)) else {"mean": float(s), "std": 0.0, "n": math.inf} for s in (claimed, against)]
+    sides = [_noisy(s) for s in (claimed, against)]
     d = sides[0]["mean"] - sides[1]["mean"]
     if any(s["n"] < 2 for s in sides):
         return Verdict(INCONCLUSIVE, f"{what}: {fmt(d)}, but one seed cannot tell an effect from noise")
@@ -111,6 +112,12 @@ def compare(claimed, against, *, min_effect: float = 0.0, what: str) -> Verdict:
     if high <= min_effect:
         return Verdict(NOT_REPRODUCED, text)
     return Verdict(INCONCLUSIVE, text + ", and the seeds' noise covers both")
+
+
+def _noisy(side) -> dict:
+    if isinstance(side, dict):
+        side = side["values"]
+    return stat(side) if isinstance(side, (list, tuple)) else {"mean": float(side), "std": 0.0, "n": math.inf}
 
 
 def combine(*verdicts: Verdict) -> Verdict:

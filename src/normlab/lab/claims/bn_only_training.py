@@ -74,11 +74,11 @@ def summarize(runs: list[Run]) -> dict:
 
 
 def verdict(figures: dict):
-    only = figures[f"final test accuracy, {TRAINABLE['norm']}"]["values"]
+    only = figures[f"final test accuracy, {TRAINABLE['norm']}"]
     return base.combine(
         base.compare(only, FAR_ABOVE * figures["chance"], what=f"test accuracy of BN-only training minus {FAR_ABOVE:g}x chance"),
         base.compare(
-            only, figures[f"final test accuracy, {TRAINABLE['random']}"]["values"], what="test accuracy, BN only minus random weights"
+            only, figures[f"final test accuracy, {TRAINABLE['random']}"], what="test accuracy, BN only minus random weights"
         ),
     )
 

@@ -60,8 +60,8 @@ def summarize(runs: list[Run]) -> dict:
 
 def verdict(figures: dict):
     return base.compare(
-        figures["steps to target, no BN"]["values"],
-        figures["steps to target, BN"]["values"],
+        figures["steps to target, no BN"],
+        figures["steps to target, BN"],
         what="steps saved by BN (no BN - BN)",
     )
 

@@ -92,7 +92,7 @@ def accuracy_at(run: Run, step: int) -> float:
 
 
 def verdict(figures: dict):
-    small, large, ghost = (figures[f"test accuracy, {label}"]["values"] for label in VARIANTS.values())
+    small, large, ghost = (figures[f"test accuracy, {label}"] for label in VARIANTS.values())
     return base.combine(
         base.compare(small, large, what="generalization gap (small batch - large batch, test accuracy)"),
         base.compare(ghost, large, what="test accuracy ghost BN adds at the large batch (ghost BN - BN)"),

@@ -93,13 +93,13 @@ def summarize(runs: list[Run]) -> dict:
 def verdict(figures: dict):
     return base.combine(
         base.compare(
-            figures["largest learning rate that trains (log10), BN"]["values"],
-            figures["largest learning rate that trains (log10), no BN"]["values"],
+            figures["largest learning rate that trains (log10), BN"],
+            figures["largest learning rate that trains (log10), no BN"],
             what="decades of learning rate gained with BN",
         ),
         base.compare(
-            figures["steps to target, no BN at its fastest rate"]["values"],
-            figures["steps to target, BN above the no-BN network's largest rate"]["values"],
+            figures["steps to target, no BN at its fastest rate"],
+            figures["steps to target, BN above the no-BN network's largest rate"],
             what="steps saved by BN at a higher rate",
         ),
     )

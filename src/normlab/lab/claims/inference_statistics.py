@@ -87,8 +87,8 @@ def summarize(runs: list[Run]) -> dict:
 
 
 def verdict(figures: dict):
-    running = figures[f"test accuracy, {_name(DEFAULT)}"]["values"]
-    one = figures["test accuracy, batch statistics, batch of 1"]["values"]
+    running = figures[f"test accuracy, {_name(DEFAULT)}"]
+    one = figures["test accuracy, batch statistics, batch of 1"]
     return base.combine(
         base.compare(AT_CHANCE * figures["chance"], one, what=f"{AT_CHANCE:g}x chance minus the test accuracy with batches of one"),
         base.compare(running, one, what="running averages (momentum 0.1) minus batches of one, test accuracy"),

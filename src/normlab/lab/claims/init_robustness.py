@@ -81,8 +81,8 @@ def summarize(runs: list[Run]) -> dict:
 
 def verdict(figures: dict):
     return base.compare(
-        figures["sensitivity (best - worst) / (best - chance), no BN"]["values"],
-        figures["sensitivity (best - worst) / (best - chance), BN"]["values"],
+        figures["sensitivity (best - worst) / (best - chance), no BN"],
+        figures["sensitivity (best - worst) / (best - chance), BN"],
         what="sensitivity removed by BN (no BN - BN)",
     )
 

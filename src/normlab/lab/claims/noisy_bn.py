@@ -124,26 +124,23 @@ def summarize(runs: list[Run]) -> dict:
 
 
 def verdict(figures: dict):
-    def values(name):
-        return figures[name]["values"]
-
     return base.combine(
         base.compare(
-            values("final test accuracy, noisy BN"),
-            values("final test accuracy, BN"),
+            figures["final test accuracy, noisy BN"],
+            figures["final test accuracy, BN"],
             min_effect=-CLOSE,
             what="test accuracy of noisy BN minus BN",
         ),
         base.compare(
-            values("final test accuracy, noisy BN"),
-            values("final test accuracy, no BN"),
+            figures["final test accuracy, noisy BN"],
+            figures["final test accuracy, no BN"],
             what="test accuracy of noisy BN minus no BN",
         ),
-        base.compare(values("loss range, no BN"), values("loss range, BN"), what="loss range along the gradient, no BN - BN"),
+        base.compare(figures["loss range, no BN"], figures["loss range, BN"], what="loss range along the gradient, no BN - BN"),
         base.compare(
-            values("gradient change, no BN"), values("gradient change, BN"), what="gradient change along the gradient, no BN - BN"
+            figures["gradient change, no BN"], figures["gradient change, BN"], what="gradient change along the gradient, no BN - BN"
         ),
-        base.compare(values("beta, no BN"), values("beta, BN"), what="effective beta-smoothness, no BN - BN"),
+        base.compare(figures["beta, no BN"], figures["beta, BN"], what="effective beta-smoothness, no BN - BN"),
     )
 
 

@@ -88,8 +88,8 @@ def verdict(figures: dict):
     parts = []
     for label in ACTIVATIONS.values():
         v = _compare(
-            figures[f"test accuracy, {label}, BN after"]["values"],
-            figures[f"test accuracy, {label}, BN before"]["values"],
+            figures[f"test accuracy, {label}, BN after"],
+            figures[f"test accuracy, {label}, BN before"],
             label,
         )
         parts.append(base.Verdict(v.verdict, f"{v.explanation}: {figures[f'finding, {label}']}"))

@@ -67,18 +67,15 @@ def summarize(runs: list[Run]) -> dict:
 
 
 def verdict(figures: dict):
-    def values(name):
-        return figures[name]["values"]
-
     return base.combine(
         base.compare(
-            values(f"test accuracy at {TRAINED} steps, {NORMS['bn_step']}"),
-            values(f"test accuracy at {TRAINED} steps, {NORMS['bn']}"),
+            figures[f"test accuracy at {TRAINED} steps, {NORMS['bn_step']}"],
+            figures[f"test accuracy at {TRAINED} steps, {NORMS['bn']}"],
             what=f"test accuracy at {TRAINED} steps, BN per step minus BN shared",
         ),
         base.compare(
-            values(f"accuracy lost from {TRAINED} to {LONGEST} steps, {NORMS['bn_step']}"),
-            values(f"accuracy lost from {TRAINED} to {LONGEST} steps, {NORMS['ln']}"),
+            figures[f"accuracy lost from {TRAINED} to {LONGEST} steps, {NORMS['bn_step']}"],
+            figures[f"accuracy lost from {TRAINED} to {LONGEST} steps, {NORMS['ln']}"],
             what=f"accuracy lost from {TRAINED} to {LONGEST} steps, BN per step minus LayerNorm",
         ),
     )

@@ -71,13 +71,13 @@ def summarize(runs: list[Run]) -> dict:
 def verdict(figures: dict):
     return base.combine(
         base.compare(
-            figures["gap (training - test), none"]["values"],
-            figures["gap (training - test), BN"]["values"],
+            figures["gap (training - test), none"],
+            figures["gap (training - test), BN"],
             what="gap closed by BN (none - BN)",
         ),
         base.compare(
-            figures["test accuracy, BN + dropout"]["values"],
-            figures["test accuracy, BN"]["values"],
+            figures["test accuracy, BN + dropout"],
+            figures["test accuracy, BN"],
             what="test accuracy dropout adds to BN (BN + dropout - BN)",
         ),
     )

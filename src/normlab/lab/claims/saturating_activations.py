@@ -70,13 +70,13 @@ def verdict(figures: dict):
     chance = figures["chance-level loss ln(classes)"]
     return base.combine(
         base.compare(
-            figures["final training loss, sigmoid, no BN"]["values"],
+            figures["final training loss, sigmoid, no BN"],
             NEAR_CHANCE * chance,
             what=f"sigmoid without BN: final training loss minus {NEAR_CHANCE} x chance level",
         ),
         base.compare(
             TRAINS * chance,
-            figures["final training loss, sigmoid, BN"]["values"],
+            figures["final training loss, sigmoid, BN"],
             what=f"sigmoid with BN: {TRAINS} x chance level minus final training loss",
         ),
     )

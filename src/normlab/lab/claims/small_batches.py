@@ -80,21 +80,21 @@ def summarize(runs: list[Run]) -> dict:
 
 
 def verdict(figures: dict):
-    bn = figures["degradation (error at batch 2 - at 32), BN"]["values"]
+    bn = figures["degradation (error at batch 2 - at 32), BN"]
     return base.combine(
         base.compare(bn, 0.0, min_effect=MARGIN, what="BN's degradation"),
         *(
             base.compare(
                 bn,
-                figures[f"degradation (error at batch 2 - at 32), {other}"]["values"],
+                figures[f"degradation (error at batch 2 - at 32), {other}"],
                 min_effect=MARGIN,
                 what=f"BN's degradation - {other}'s",
             )
             for other in ("GN", "LN")
         ),
         base.compare(
-            figures["test error at batch 2, BN"]["values"],
-            figures["test error at batch 2, Renorm"]["values"],
+            figures["test error at batch 2, BN"],
+            figures["test error at batch 2, Renorm"],
             what="test error Renorm saves at batch 2 (BN - Renorm)",
         ),
     )

@@ -39,8 +39,8 @@ def summarize(runs: list[Run]) -> dict:
 
 def verdict(figures: dict):
     return base.compare(
-        figures["drift of the percentiles, no BN"]["values"],
-        figures["drift of the percentiles, BN"]["values"],
+        figures["drift of the percentiles, no BN"],
+        figures["drift of the percentiles, BN"],
         what="drift removed by BN (no BN - BN)",
     )
 
