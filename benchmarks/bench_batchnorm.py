@@ -5,8 +5,9 @@ For each shape and layout it times training forward+backward and inference forwa
     default  normlab.BatchNorm2d with the automatic backend choice
     own      normlab.BatchNorm2d forced onto normlab's own implementation
 and prints the time ratio against torch (below 1 is faster) and the geometric means.
-Rounds interleave the three so that drift in the machine hits them alike; each figure
-is the median over rounds.
+Each of normlab's two is timed head to head with torch, in interleaved rounds so that
+drift in the machine hits both alike; each figure is the median over rounds (see
+benchmarks/_timing.py).
 
     python benchmarks/bench_batchnorm.py            # ResNet-50 stage shapes at batch 32
     python benchmarks/bench_batchnorm.py --quick    # small shapes, seconds
@@ -20,7 +21,7 @@ import platform
 import torch
 
 import normlab
-from _timing import geomean, make_step, median_times
+from _timing import against, geomean, make_step
 
 RESNET50_BATCH32 = [(32, 64, 112, 112), (32, 256, 56, 56), (32, 512, 28, 28), (32, 1024, 14, 14), (32, 2048, 7, 7)]
 QUICK = [(8, 16, 16, 16), (8, 64, 8, 8)]
@@ -50,20 +51,16 @@ def main(argv=None):
             for mode in ("train", "eval"):
                 train = mode == "train"
                 ref.train(train), ours.train(train)
-                times = median_times(
-                    {
-                        "torch": make_step(ref, x, dy, None, train),
-                        "default": make_step(ours, x, dy, None, train),
-                        "own": make_step(ours, x, dy, "normlab", train),
-                    },
+                torch_s, r = against(
+                    make_step(ref, x, dy, None, train),
+                    {"default": make_step(ours, x, dy, None, train), "own": make_step(ours, x, dy, "normlab", train)},
                     rounds,
                     min_time,
                 )
-                r_default, r_own = times["default"] / times["torch"], times["own"] / times["torch"]
-                ratios[(mode, "default")].append(r_default)
-                ratios[(mode, "own")].append(r_own)
+                ratios[(mode, "default")].append(r["default"])
+                ratios[(mode, "own")].append(r["own"])
                 name = "channels_last" if layout is torch.channels_last else "NCHW"
-                print(f"{str(shape):<22}{name:<15}{mode:<11}{times['torch'] * 1e3:>10.3f}{r_default:>15.3f}{r_own:>11.3f}")
+                print(f"{str(shape):<22}{name:<15}{mode:<11}{torch_s * 1e3:>10.3f}{r['default']:>15.3f}{r['own']:>11.3f}")
     print("-" * len(header))
     for mode in ("train", "eval"):
         label = "train fwd+bwd" if mode == "train" else "eval fwd"

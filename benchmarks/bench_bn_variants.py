@@ -13,8 +13,9 @@ For each shape it times training forward+backward and inference forward of
               training step is an inference forward plus the input's gradient; against
               torch's training step it shows what freezing a layer saves
 and prints the time ratio against torch (below 1 is faster) and the geometric means.
-In inference every variant is batch norm with running statistics. Rounds interleave
-the runners; each figure is the median over rounds (see bench_batchnorm.py).
+In inference every variant is batch norm with running statistics. Each variant is
+timed head to head with torch, in interleaved rounds; each figure is the median over
+rounds (see benchmarks/_timing.py).
 
     python benchmarks/bench_bn_variants.py            # ResNet-50 stage shapes at batch 32
     python benchmarks/bench_bn_variants.py --quick    # small shapes, seconds
@@ -28,7 +29,7 @@ import platform
 import torch
 
 import normlab
-from _timing import geomean, make_step, median_times
+from _timing import against, geomean, make_step
 from bench_batchnorm import QUICK, RESNET50_BATCH32
 
 VIRTUAL_BATCH = 8
@@ -72,11 +73,12 @@ def main(argv=None):
             train = mode == "train"
             for layer in runners.values():
                 layer.train(train)
-            times = median_times({name: make_step(layer, x, dy, None, train) for name, layer in runners.items()}, rounds, min_time)
-            row = f"{str(shape):<22}{mode:<8}{times['torch'] * 1e3:>10.3f}"
+            steps = {name: make_step(layer, x, dy, None, train) for name, layer in runners.items()}
+            torch_s, r = against(steps.pop("torch"), steps, rounds, min_time)
+            row = f"{str(shape):<22}{mode:<8}{torch_s * 1e3:>10.3f}"
             for v in variants:
-                ratios[(mode, v)].append(times[v] / times["torch"])
-                row += f"{times[v] / times['torch']:>15.3f}"
+                ratios[(mode, v)].append(r[v])
+                row += f"{r[v]:>15.3f}"
             print(row)
     print("-" * len(header))
     for mode in ("train", "eval"):

@@ -6,7 +6,7 @@ it times the forward pass under ``torch.inference_mode()`` of
     unfolded  the model in eval mode, batch norms in place
     folded    normlab.fold_batchnorm(model).model: every batch norm folded into its conv
 and prints the time ratio folded / unfolded (below 1: folding is faster). Rounds
-interleave the runners, each figure is the median over rounds (as bench_batchnorm.py).
+interleave the runners, each figure is the median over rounds (see benchmarks/_timing.py).
 
     python benchmarks/bench_fold.py            # ResNet-18 width 64, batches 1 and 32
     python benchmarks/bench_fold.py --quick    # width 8, small input, seconds

@@ -6,8 +6,9 @@ For each layer and shape it times training forward+backward and inference forwar
     default  the normlab module with the automatic backend choice
     own      the normlab module forced onto normlab's own implementation
 and prints the time ratio against torch (below 1 is faster) and the geometric means,
-per layer and over all. Rounds interleave the three so that drift in the machine hits
-them alike; each figure is the median over rounds (see benchmarks/_timing.py).
+per layer and over all. Each of normlab's two is timed head to head with torch, in
+interleaved rounds so that drift in the machine hits both alike; each figure is the
+median over rounds (see benchmarks/_timing.py).
 
     python benchmarks/bench_norms.py            # transformer and convnet shapes, float32
     python benchmarks/bench_norms.py --quick    # small shapes, seconds
@@ -21,7 +22,7 @@ import platform
 import torch
 
 import normlab
-from _timing import geomean, make_step, median_times
+from _timing import against, geomean, make_step
 
 # (layer, build(namespace, shape): the layer from torch.nn or normlab for that input, shapes, quick shapes)
 CASES = [
@@ -63,19 +64,15 @@ def main(argv=None):
             for mode in ("train", "eval"):
                 train = mode == "train"
                 ref.train(train), ours.train(train)
-                times = median_times(
-                    {
-                        "torch": make_step(ref, x, dy, None, train),
-                        "default": make_step(ours, x, dy, None, train),
-                        "own": make_step(ours, x, dy, "normlab", train),
-                    },
+                torch_s, r = against(
+                    make_step(ref, x, dy, None, train),
+                    {"default": make_step(ours, x, dy, None, train), "own": make_step(ours, x, dy, "normlab", train)},
                     rounds,
                     min_time,
                 )
-                r_default, r_own = times["default"] / times["torch"], times["own"] / times["torch"]
-                ratios.setdefault((name, mode, "default"), []).append(r_default)
-                ratios.setdefault((name, mode, "own"), []).append(r_own)
-                print(f"{name:<16}{str(shape):<20}{mode:<7}{times['torch'] * 1e3:>10.3f}{r_default:>15.3f}{r_own:>11.3f}")
+                ratios.setdefault((name, mode, "default"), []).append(r["default"])
+                ratios.setdefault((name, mode, "own"), []).append(r["own"])
+                print(f"{name:<16}{str(shape):<20}{mode:<7}{torch_s * 1e3:>10.3f}{r['default']:>15.3f}{r['own']:>11.3f}")
     print("-" * len(header))
     layers = list(dict.fromkeys(name for name, *_ in CASES))
     for mode in ("train", "eval"):
