@@ -10,10 +10,10 @@ Backends:
                optional ``triton`` package.
 
 :func:`choose` is consulted by every function in :mod:`normlab.functional`. Unless a
-backend is forced, it picks the fastest one that can run the operation, which on the
-CPU is torch's own kernel where torch has one (see ``docs/performance.md`` for the
-measurements behind that rule), and on CUDA tensors the Triton kernels where
-:data:`TRITON_RULE` says they are faster (see ``docs/kernels.md``). Force one with
+backend is forced, it picks, on the CPU, torch's own kernel where torch has one (the
+fastest there except for RMSNorm training: see ``docs/performance.md``), and on CUDA
+tensors the Triton kernels where :data:`TRITON_RULE` says they are faster
+(see ``docs/kernels.md``). Force one with
 :func:`use_backend` (a context manager) or :func:`set_backend`; a forced backend that
 cannot run an operation falls back to this rule for that operation.
 """
