@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import normlab
-from normlab.lab.models import NORMS, RNN, TIME_NORMS, ModelSpec, ShiftingNoise, TimeStepBatchNorm, as_dict, build, macs
+from normlab.lab.models import NORMS, RNN, TIME_NORMS, ModelSpec, ShiftingNoise, TimeStepBatchNorm, as_dict, build, macs, torch_calls
 
 IOFFE = ModelSpec("mlp", depth=3, width=100, activation="sigmoid")
 
@@ -21,6 +21,18 @@ def test_ioffe_mlp():
     assert sum(p.numel() for p in model.parameters()) == 40 * 100 + 100 + 2 * (100 * 100 + 100) + 100 * 10 + 10
     assert model(torch.randn(7, 1, 40)).shape == (7, 10)
     assert macs(model, (1, 40)) == 40 * 100 + 2 * 100 * 100 + 100 * 10
+
+
+def test_torch_calls_count_every_step_and_leave_the_model_alone():
+    # a GRU makes the same calls at every time step: the count is linear in the length
+    rnn = ModelSpec("rnn", depth=1, width=8, activation="tanh", norm="bn")
+    c10, c20, c30 = (torch_calls(build(rnn, (1, n), 10), (1, n)) for n in (10, 20, 30))
+    assert c30 - c20 == c20 - c10 > 0
+    mlp = build(ModelSpec("mlp", 3, 16, "relu", "bn"), (1, 40), 10).eval()
+    before = {k: v.clone() for k, v in mlp.state_dict().items()}
+    assert torch_calls(mlp, (1, 40)) > torch_calls(build(ModelSpec("mlp", 3, 16, "relu"), (1, 40), 10), (1, 40))
+    assert not mlp.training
+    assert all(torch.equal(before[k], v) for k, v in mlp.state_dict().items())
 
 
 def test_normalization_before_and_after_the_activation():

@@ -34,11 +34,13 @@ layer (the classifier too), for sweeps over the initialization.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, fields, is_dataclass
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 import normlab.nn as nlnn
 from normlab.nn._base import NormBase
@@ -324,3 +326,28 @@ def macs(model: nn.Module, sample_shape: tuple[int, ...]) -> int:
         for h in handles:
             h.remove()
     return total
+
+
+class _CountCalls(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def torch_calls(model: nn.Module, sample_shape: tuple[int, ...]) -> int:
+    """Torch functions and tensor methods one training-mode forward pass calls.
+
+    Each costs Python and dispatch time whatever the batch size: for small models at small
+    batches (a GRU's steps, batches of 2) that, not the multiply-adds, is most of a run's
+    time. The pass runs on a copy of ``model`` (it updates batch-norm statistics), on a
+    batch of 2 random samples.
+    """
+    probe, x = copy.deepcopy(model).train(), torch.randn(2, *sample_shape)
+    counter = _CountCalls()
+    with torch.no_grad(), counter:
+        probe(x)
+    return counter.calls

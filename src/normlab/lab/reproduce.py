@@ -29,7 +29,7 @@ from .._atomic import atomic_write
 from .._progress import Progress
 from . import data as datasets
 from .claims import CLAIMS, Claim, Profile, Run
-from .models import build, macs
+from .models import build, macs, torch_calls
 from .train import RESULT_VERSION, RunConfig, train
 
 __all__ = ["reproduce", "run_all", "judge", "default_jobs"]
@@ -66,17 +66,26 @@ def _train_and_store(config: RunConfig, out: pathlib.Path) -> dict:
     return result
 
 
+SECONDS_PER_MAC = 7.4e-11
+SECONDS_PER_CALL = 1.4e-5
+
+
 def _cost(config: RunConfig) -> float:
-    """Rough work of a run, in multiply-adds: training steps (3x forward) and evaluations, plus per-step overhead."""
+    """A run's expected training time, in seconds on one core of the machine that ran the
+    full profile: per step, the multiply-adds of forward and backward (3x the forward's)
+    and the per-call overhead of the torch calls in a forward. The two rates are fitted
+    to the full profile's 395 runs, trained two at a time on 2 cores (docs/claims.md,
+    Cost): nine in ten came within 0.68x to 1.59x of it."""
     ds = _dataset(config.data)
-    per_sample = _macs(config.model, ds.sample_shape, ds.classes)
-    evals = config.steps // config.eval_every + 2
-    return config.steps * (3 * config.batch_size * per_sample + 3e6) + evals * len(ds.x_test) * per_sample
+    per_sample, calls = _work(config.model, ds.sample_shape, ds.classes)
+    return config.steps * (SECONDS_PER_MAC * 3 * config.batch_size * per_sample + SECONDS_PER_CALL * calls)
 
 
 @functools.lru_cache(maxsize=None)
-def _macs(spec, sample_shape, classes) -> int:
-    return macs(build(spec, sample_shape, classes), sample_shape)
+def _work(spec, sample_shape, classes) -> tuple[int, int]:
+    """Multiply-adds of one sample's forward pass, and torch calls of a forward pass."""
+    model = build(spec, sample_shape, classes)
+    return macs(model, sample_shape), torch_calls(model, sample_shape)
 
 
 def run_all(configs: list[RunConfig], out: pathlib.Path, jobs: int = 1, progress: bool = True) -> dict[str, dict]:
