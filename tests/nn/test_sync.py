@@ -18,6 +18,7 @@ from conftest import assert_rel
 from normlab.nn.sync import merge_moments
 
 DEADLINE_S = 90  # a hang (a rank waiting on a collective the other never joins) fails here
+TEARDOWN_S = 10  # how long both ranks, once passed, may take to tear the group down
 
 
 def free_port() -> int:
@@ -26,19 +27,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_gloo_processes_match_one_process_on_the_concatenated_batch():
+def test_two_gloo_processes_match_one_process_on_the_concatenated_batch(tmp_path):
     """Outputs, input and parameter gradients, running statistics and eval outputs, for equal and
     unequal batch sizes, a rank with an empty batch, batch renormalization, masked sequences;
     and double backward refused on both ranks."""
     context = mp.start_processes(
-        sync_worker.run, args=(2, free_port(), list(sync_worker.SCENARIOS)), nprocs=2, join=False,
+        sync_worker.run, args=(2, free_port(), list(sync_worker.SCENARIOS), str(tmp_path)), nprocs=2, join=False,
         start_method="spawn",
     )
     deadline = time.monotonic() + DEADLINE_S
+    passed = [tmp_path / f"rank{r}.passed" for r in range(2)]
     while not context.join(timeout=1):  # raises ProcessRaisedException with the rank's traceback
+        if all(p.exists() for p in passed):
+            deadline = min(deadline, time.monotonic() + TEARDOWN_S)
         if time.monotonic() > deadline:
             for p in context.processes:
                 p.kill()
+            if all(p.exists() for p in passed):
+                return  # both ranks passed; what hung is torch's teardown of the group
             pytest.fail(f"the two gloo processes did not finish within {DEADLINE_S} s (a collective hung)")
 
 
