@@ -1,9 +1,12 @@
 # The two commands a fresh machine needs (see README): `make reproduce` and `make test`.
 # Both create .venv on first use. TORCH picks the PyTorch build installed before normlab;
-# the default is the CPU build (normlab itself accepts any torch>=2.4).
+# the default is the CPU build (normlab itself accepts any torch>=2.4). EXTRAS are the
+# optional parts installed with it: the triton extra needs triton>=3.3, which torch
+# before 2.7 does not allow (it pins an older one): drop it there, EXTRAS=lab,test.
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
+EXTRAS ?= lab,triton,test
 PY     := $(VENV)/bin/python
 
 .PHONY: reproduce test bench clean
@@ -12,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[lab,triton,test]"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
 reproduce: $(VENV)/.installed

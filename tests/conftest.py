@@ -1,6 +1,7 @@
 """Shared test configuration: threads, hypothesis profile, tolerances, backends."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -29,6 +30,15 @@ def assert_rel(actual, expected, rel=1e-5, what=""):
     err = (actual - expected).abs().max().item() if expected.numel() else 0.0
     scale = max(expected.abs().max().item() if expected.numel() else 0.0, 1e-12)
     assert err <= rel * scale, f"{what}: max error {err:.3g} > {rel:g} x scale {scale:.3g}"
+
+
+def assert_repr_like_torch(ours, theirs):
+    """``ours`` prints as ``theirs`` does, but for normlab's prefix and the fields this torch's
+    layer does not print (torch up to 2.10 at least has no ``bias`` argument for batch, group
+    and instance norm, and does not print LayerNorm's)."""
+    printed = set(re.findall(r"(\w+)=", repr(theirs)))
+    mine = re.sub(r", (\w+)=[^,)]*", lambda m: m.group(0) if m.group(1) in printed else "", repr(ours))
+    assert mine.replace("normlab", "") == repr(theirs).replace("torch.nn", ""), type(ours).__name__
 
 
 @pytest.fixture(params=["native", "normlab"])

@@ -17,6 +17,7 @@ if not torch.cuda.is_available():
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
+from normlab import kernels
 from normlab import reference as R
 
 # max |error| <= TOL * max |expected|; the reference is fed the same rounded inputs
@@ -54,6 +55,9 @@ def skip_unless_kernels_run():
 
     triton = pytest.importorskip("triton")
     version = tuple(int(p) for p in triton.__version__.split(".")[:2])
+    if version < kernels.MIN_TRITON:
+        pytest.skip(f"normlab's kernels need triton >= {kernels.MIN_TRITON}, this is {triton.__version__}",
+                    allow_module_level=True)
     if DEVICE == "cpu" and version < (3, 9) and tuple(int(p) for p in np.__version__.split(".")[:2]) >= (2, 4):
         # their interpreter turns 1-element arrays into ints, which numpy 2.4 refuses
         pytest.skip("the Triton interpreter before triton 3.9 needs numpy < 2.4", allow_module_level=True)

@@ -77,10 +77,7 @@ class Moments(NamedTuple):
     mean_shifted: torch.Tensor
     var: torch.Tensor  # biased: the mean of squared deviations
     count: int  # how many values each statistic is taken over
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return self.shift + self.mean_shifted
+    # (no ``mean`` property: the dynamo of torch 2.4 to 2.9 cannot read one off a NamedTuple)
 
 
 class Statistics:
@@ -196,7 +193,7 @@ class Normalize(torch.autograd.Function):
             x_c = (xa - moments.shift) - moments.mean_shifted if center else xa
         inv_std = torch.rsqrt(moments.var + eps)
         y = affine(x_c * inv_std, weight, bias)
-        mean = moments.mean if center else torch.zeros_like(moments.var)
+        mean = moments.shift + moments.mean_shifted if center else torch.zeros_like(moments.var)
         var = moments.var.clone()
         ctx.save_for_backward(x, weight, moments.shift, moments.mean_shifted, inv_std)
         ctx.config = (statistics, eps, center, moments.count)

@@ -296,7 +296,7 @@ def batch_normalize(
             _, moments = statistics.centered(input.to(accumulation_dtype(input.dtype)))
             sigma = torch.sqrt(running_var + eps)
             r = (torch.sqrt(moments.var.reshape(-1) + eps) / sigma).clamp(1 / rmax, rmax)
-            d = ((moments.mean.reshape(-1) - running_mean) / sigma).clamp(-dmax, dmax)
+            d = (((moments.shift + moments.mean_shifted).reshape(-1) - running_mean) / sigma).clamp(-dmax, dmax)
         # gamma * (x_hat * r + d) + beta is batch norm with weight gamma * r and bias gamma * d + beta
         weight, bias = affine(r, weight, None), affine(d, weight, bias)
     local = type(statistics) is Statistics and statistics.mask is None and statistics.count > 1
@@ -372,12 +372,11 @@ def rms_norm(input, normalized_shape, weight=None, eps: float | None = None) -> 
     normalized_shape = _as_shape(normalized_shape)
     check_normalized_shape(input, normalized_shape, "rms_norm")
     _check_params(normalized_shape, "rms_norm", weight=weight)
-    if eps is not None:
-        _check_eps(eps, True, "rms_norm")
+    if eps is None:  # resolved here, not left to torch: before 2.7, torch took a 16-bit input's own epsilon
+        eps = torch.finfo(accumulation_dtype(input.dtype)).eps
+    _check_eps(eps, True, "rms_norm")
     if kernels.choose("rms_norm", input) == "native":
         return F.rms_norm(input, normalized_shape, weight, eps)
-    if eps is None:
-        eps = torch.finfo(accumulation_dtype(input.dtype)).eps
     return Normalize.apply(input, weight, None, _trailing_dims(input, normalized_shape), eps, False)[0]
 
 

@@ -105,3 +105,36 @@ def test_cpu_layers_never_need_triton(block):
     out = subprocess.run([sys.executable, "-c", f"BLOCK = {block}\n" + CPU_SCRIPT], capture_output=True,
                          text=True, env=env, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("installed,expected", [
+    ({"triton": "3.0.0"}, (3, 0)),  # what torch 2.4 installs: below MIN_TRITON, not used
+    ({"triton": "3.9.1"}, (3, 9)),
+    ({"pytorch-triton": "3.4.0+git1234"}, (3, 4)),  # torch nightlies' distribution
+    ({}, None),
+])
+def test_triton_version_is_read_without_importing_it(monkeypatch, installed, expected):
+    import importlib.metadata
+
+    def version(name):
+        if name not in installed:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed[name]
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert kernels._triton_version() == expected
+    assert kernels.MIN_TRITON > (3, 0)
+
+
+@pytest.mark.parametrize("native_16_bit", [False, True])
+def test_rms_norm_of_16_bit_inputs_stays_off_torch_where_torch_computes_in_16_bits(monkeypatch, native_16_bit):
+    # with this torch's rule: a mean square far below float16's epsilon, computed in float32
+    x = torch.full((2, 4), 3e-4, dtype=torch.float16)
+    expected = x.double() / torch.sqrt(x.double().square().mean(-1, keepdim=True) + torch.finfo(torch.float32).eps)
+    assert (normlab.RMSNorm(4, dtype=torch.float16)(x).double() - expected).abs().max() < 1e-2 * expected.abs().max()
+    monkeypatch.setattr(kernels, "_RMS_NORM_16_BIT_NATIVE", native_16_bit)
+    half, single = torch.randn(2, 4, dtype=torch.float16), torch.randn(2, 4)
+    assert kernels.choose("rms_norm", single) == "native"
+    assert kernels.choose("rms_norm", half) == ("native" if native_16_bit else "normlab")
+    with normlab.use_backend("native"):  # forcing torch's where it falls short falls back to the rule
+        assert kernels.choose("rms_norm", half) == ("native" if native_16_bit else "normlab")

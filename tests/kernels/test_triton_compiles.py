@@ -7,7 +7,11 @@ import sys
 
 import pytest
 
-pytest.importorskip("triton")
+from normlab import kernels
+
+triton = pytest.importorskip("triton")
+if tuple(int(p) for p in triton.__version__.split(".")[:2]) < kernels.MIN_TRITON:
+    pytest.skip(f"normlab's kernels need triton >= {kernels.MIN_TRITON}", allow_module_level=True)
 
 
 @pytest.mark.slow

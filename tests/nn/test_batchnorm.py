@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import normlab
-from conftest import assert_rel
+from conftest import assert_rel, assert_repr_like_torch
 
 CASES = [  # (normlab class, torch class, input shape, channels-last format or None)
     (normlab.BatchNorm1d, torch.nn.BatchNorm1d, (16, 5), None),
@@ -100,7 +100,7 @@ def test_checkpoint_from_before_num_batches_tracked():
 def test_constructor_matches_torch():
     ours, theirs = normlab.BatchNorm2d(4), torch.nn.BatchNorm2d(4)
     assert (ours.eps, ours.momentum, ours.affine, ours.track_running_stats) == (1e-5, 0.1, True, True)
-    assert repr(ours).replace("normlab", "") == repr(theirs)
+    assert_repr_like_torch(ours, theirs)
     bn = normlab.BatchNorm1d(3, affine=True, bias=False, dtype=torch.float64)
     assert bn.bias is None and bn.weight.dtype == torch.float64 and bn.running_mean.dtype == torch.float64
     assert bn.num_batches_tracked.dtype == torch.long

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 import normlab
-from conftest import assert_rel
+from conftest import assert_rel, assert_repr_like_torch
 
 # (id, build(namespace): the layer from normlab or torch.nn with the same arguments, input shape)
+TORCH = tuple(int(p) for p in torch.__version__.split(".")[:2])
+
 LAYERS = [
     ("LayerNorm-last", lambda m: m.LayerNorm(6), (4, 5, 6)),
     ("LayerNorm-two", lambda m: m.LayerNorm((5, 6)), (3, 5, 6)),
@@ -55,7 +57,7 @@ def test_stateless_layers_conform_to_torch(backend, case):
     randomize(theirs, gen)
     ours.load_state_dict(theirs.state_dict())
     assert list(ours.state_dict()) == list(theirs.state_dict())
-    assert repr(ours).replace("normlab", "") == repr(theirs).replace("torch.nn", "")
+    assert_repr_like_torch(ours, theirs)
     run_and_compare(ours, theirs, shape, gen)
     ours.eval(), theirs.eval()
     x = torch.randn(shape, generator=gen)
@@ -80,7 +82,7 @@ def test_instance_norm_conforms_to_torch(backend, case, affine, track, momentum)
     ours = ours_cls(3, momentum=momentum, affine=affine, track_running_stats=track)
     ours.load_state_dict(theirs.state_dict())
     assert list(ours.state_dict()) == list(theirs.state_dict())
-    assert repr(ours).replace("normlab", "") == repr(theirs)
+    assert_repr_like_torch(ours, theirs)
     run_and_compare(ours, theirs, shape, gen, steps=3)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         a, b = getattr(ours, name), getattr(theirs, name)
@@ -121,7 +123,8 @@ def test_rms_norm_default_eps_is_machine_epsilon_of_the_compute_type(backend, dt
     on an input whose mean square is comparable to it."""
     x = torch.full((2, 4), 3e-4, dtype=torch.float64).to(dtype)
     ours, theirs = normlab.RMSNorm(4, dtype=dtype), torch.nn.RMSNorm(4, dtype=dtype)
-    assert_rel(ours(x).double(), theirs(x).double(), 1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-6)
+    if dtype in (torch.float32, torch.float64) or TORCH >= (2, 7):  # before: a 16-bit input's own epsilon
+        assert_rel(ours(x).double(), theirs(x).double(), 1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-6)
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     expected = x.double() / torch.sqrt(x.double().square().mean(-1, keepdim=True) + torch.finfo(compute).eps)
     assert_rel(ours(x).double(), expected, 1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-6)
@@ -161,7 +164,7 @@ def test_constructor_defaults_match_torch():
         (normlab.RMSNorm(4), torch.nn.RMSNorm(4)),
         (normlab.InstanceNorm2d(4), torch.nn.InstanceNorm2d(4)),
     ]:
-        assert repr(ours).replace("normlab", "") == repr(theirs), type(ours).__name__
+        assert_repr_like_torch(ours, theirs)
         assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
         assert [n for n, _ in ours.named_buffers()] == [n for n, _ in theirs.named_buffers()]
     ln = normlab.LayerNorm([2, 3], dtype=torch.float64)

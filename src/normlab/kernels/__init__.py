@@ -7,7 +7,7 @@ Backends:
     "triton"   normlab's Triton kernels (:mod:`normlab.kernels.triton_bn`) for batch norm,
                batch norm + activation and in-place activated batch norm, on CUDA tensors
                (and on CPU tensors under ``TRITON_INTERPRET=1``, for tests); needs the
-               optional ``triton`` package.
+               optional ``triton`` package, version :data:`MIN_TRITON` or later.
 
 :func:`choose` is consulted by every function in :mod:`normlab.functional`. Unless a
 backend is forced, it picks, on the CPU, torch's own kernel where torch has one (the
@@ -21,11 +21,12 @@ cannot run an operation falls back to this rule for that operation.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import importlib.util
 
 import torch
 
-__all__ = ["BACKENDS", "NATIVE_OPS", "TRITON_OPS", "TRITON_RULE", "can_run", "choose", "get_backend",
+__all__ = ["BACKENDS", "MIN_TRITON", "NATIVE_OPS", "TRITON_OPS", "TRITON_RULE", "can_run", "choose", "get_backend",
            "layout", "set_backend", "triton_is_faster", "use_backend"]
 
 BACKENDS = ("native", "normlab", "triton")
@@ -90,9 +91,16 @@ def use_backend(name: str | None):
         _forced = previous
 
 
+# torch before 2.6 computes the RMS norm of a 16-bit input in 16 bits, where normlab (and later
+# torch) computes in float32: there such inputs take normlab's own.
+_RMS_NORM_16_BIT_NATIVE = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 6)
+
+
 def can_run(backend: str, op: str, x: torch.Tensor) -> bool:
     """Whether ``backend`` implements ``op`` for tensors like ``x``."""
     if backend == "native":
+        if op == "rms_norm" and x.dtype in (torch.float16, torch.bfloat16):
+            return _RMS_NORM_16_BIT_NATIVE
         return op in NATIVE_OPS
     if backend == "triton":
         return op in TRITON_OPS and _triton_runs_on(x)
@@ -118,13 +126,28 @@ def _installed(name: str) -> bool:
         return False
 
 
-_TRITON_INSTALLED = _installed("triton")
+# The oldest triton the kernels are tested with (the interpreter tests, and compiling for
+# sm_80 and sm_90); older ones, such as the 3.0 that torch 2.4 installs, are not used.
+MIN_TRITON = (3, 3)
+
+
+def _triton_version() -> tuple[int, ...] | None:
+    """The installed triton's (major, minor), without importing it; None when unknown."""
+    for distribution in ("triton", "pytorch-triton", "pytorch-triton-rocm"):  # PyPI's, torch nightlies'
+        try:
+            return tuple(int(p) for p in importlib.metadata.version(distribution).split(".")[:2])
+        except (importlib.metadata.PackageNotFoundError, ValueError):
+            continue
+    return None
+
+
+_TRITON_USABLE = _installed("triton") and (_triton_version() or MIN_TRITON) >= MIN_TRITON
 
 
 def _triton_runs_on(x: torch.Tensor) -> bool:
     if not (2 <= x.dim() <= 5 and 0 < x.numel() < 2**31 and x.is_floating_point()):
         return False
-    if not _TRITON_INSTALLED:
+    if not _TRITON_USABLE:
         return False
     if x.is_cuda:
         return True

@@ -155,8 +155,9 @@ class NormBase(nn.Module):
     def _check_input(self, input) -> None:
         """Raise a clear error for anything but a floating input of an accepted layout."""
         check_tensor(self._name, input)
-        if input.dim() not in self._layouts:
-            expected = " or ".join(f"{r}-D {layout}" for r, layout in self._layouts.items())
+        layouts = type(self)._layouts  # not self._layouts: torch 2.4's dynamo cannot read a class's dict through self
+        if input.dim() not in layouts:
+            expected = " or ".join(f"{r}-D {layout}" for r, layout in layouts.items())
             raise ValueError(
                 f"{self._name}: expected a {expected} input, got a {input.dim()}-D input of "
                 f"shape {tuple(input.shape)}"

@@ -15,7 +15,6 @@ virtual batches; ``normlab.nn.sync`` only where the statistics are taken.
 
 from __future__ import annotations
 
-import contextlib
 
 import torch
 from torch import nn
@@ -124,8 +123,7 @@ class _BatchNorm(NormBase):
         # Batch statistics in training, and in eval when there are no running ones.
         if self.running_mean is not None and (not self.training or self.frozen_statistics):
             return self._with_running_stats(input, weight, bias, act)
-        with self._restoring_running_stats():
-            return self._normalize_batch(input, mask, weight, bias, act)
+        return self._restoring_running_stats(self._normalize_batch, input, mask, weight, bias, act)
 
     def _with_running_stats(self, input, weight, bias, act) -> torch.Tensor:
         return functional.batch_norm_inference(input, self.running_mean, self.running_var, weight, bias, self.eps, act)
@@ -160,16 +158,15 @@ class _BatchNorm(NormBase):
         """The clipping limits ``(rmax, dmax)`` of batch renormalization; (1, 0) is batch norm."""
         return 1.0, 0.0
 
-    @contextlib.contextmanager
-    def _restoring_running_stats(self):
-        """Leave the running statistics as they were if the step raises, or would make them non-finite."""
+    def _restoring_running_stats(self, step, *args) -> torch.Tensor:
+        """``step(*args)``, leaving the running statistics as they were if it raises or would make
+        them non-finite. (A function, not a context manager: torch 2.4's dynamo cannot trace one.)"""
         if not (self.training and self.track_running_stats) or torch.compiler.is_compiling():
-            yield
-            return
+            return step(*args)
         state = (self.running_mean, self.running_var, self.num_batches_tracked)
         before = [t.clone() for t in state]
         try:
-            yield
+            output = step(*args)
             if self.check_finite:
                 self._refuse_non_finite_update()
         except BaseException:
@@ -177,6 +174,7 @@ class _BatchNorm(NormBase):
                 for t, b in zip(state, before):
                     t.copy_(b)
             raise
+        return output
 
     def _refuse_non_finite_update(self) -> None:
         """Raise if this step made the running statistics non-finite."""
