@@ -12,10 +12,10 @@ Backends:
 :func:`choose` is consulted by every function in :mod:`normlab.functional`. Unless a
 backend is forced, it picks, on the CPU, torch's own kernel where torch has one (the
 fastest there except for RMSNorm training: see ``docs/performance.md``), and on CUDA
-tensors the Triton kernels where :data:`TRITON_RULE` says they are faster
-(see ``docs/kernels.md``). Force one with
-:func:`use_backend` (a context manager) or :func:`set_backend`; a forced backend that
-cannot run an operation falls back to this rule for that operation.
+tensors the Triton kernels where :data:`TRITON_RULE` says they are faster (see
+``docs/kernels.md``). Force one with :func:`use_backend` (a context manager) or
+:func:`set_backend`; a forced backend that cannot run an operation falls back to this
+rule for that operation.
 """
 
 from __future__ import annotations

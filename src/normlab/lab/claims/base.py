@@ -115,6 +115,7 @@ def compare(claimed, against, *, min_effect: float = 0.0, what: str) -> Verdict:
 
 
 def _noisy(side) -> dict:
+    """A side of :func:`compare` as mean, std and n; a plain number has no noise (n infinite)."""
     if isinstance(side, dict):
         side = side["values"]
     return stat(side) if isinstance(side, (list, tuple)) else {"mean": float(side), "std": 0.0, "n": math.inf}
