@@ -15,7 +15,6 @@ virtual batches; ``normlab.nn.sync`` only where the statistics are taken.
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
