@@ -10,8 +10,9 @@ import pytest
 from normlab import kernels
 
 triton = pytest.importorskip("triton")
-if tuple(int(p) for p in triton.__version__.split(".")[:2]) < kernels.MIN_TRITON:
-    pytest.skip(f"normlab's kernels need triton >= {kernels.MIN_TRITON}", allow_module_level=True)
+if not kernels._TRITON_USABLE:
+    pytest.skip(f"normlab's kernels need triton >= {kernels.MIN_TRITON}, this is {triton.__version__}",
+                allow_module_level=True)
 
 
 @pytest.mark.slow
