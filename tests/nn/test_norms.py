@@ -10,9 +10,9 @@ import torch
 import normlab
 from conftest import assert_rel, assert_repr_like_torch
 
-# (id, build(namespace): the layer from normlab or torch.nn with the same arguments, input shape)
 TORCH = tuple(int(p) for p in torch.__version__.split(".")[:2])
 
+# (id, build(namespace): the layer from normlab or torch.nn with the same arguments, input shape)
 LAYERS = [
     ("LayerNorm-last", lambda m: m.LayerNorm(6), (4, 5, 6)),
     ("LayerNorm-two", lambda m: m.LayerNorm((5, 6)), (3, 5, 6)),

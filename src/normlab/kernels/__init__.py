@@ -91,9 +91,15 @@ def use_backend(name: str | None):
         _forced = previous
 
 
+def _major_minor(version: str) -> tuple[int, int]:
+    """``"2.6.0+cpu"`` -> ``(2, 6)``."""
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor)
+
+
 # torch before 2.6 computes the RMS norm of a 16-bit input in 16 bits, where normlab (and later
 # torch) computes in float32: there such inputs take normlab's own.
-_RMS_NORM_16_BIT_NATIVE = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 6)
+_RMS_NORM_16_BIT_NATIVE = _major_minor(torch.__version__) >= (2, 6)
 
 
 def can_run(backend: str, op: str, x: torch.Tensor) -> bool:
@@ -135,7 +141,7 @@ def _triton_version() -> tuple[int, ...] | None:
     """The installed triton's (major, minor), without importing it; None when unknown."""
     for distribution in ("triton", "pytorch-triton", "pytorch-triton-rocm"):  # PyPI's, torch nightlies'
         try:
-            return tuple(int(p) for p in importlib.metadata.version(distribution).split(".")[:2])
+            return _major_minor(importlib.metadata.version(distribution))
         except (importlib.metadata.PackageNotFoundError, ValueError):
             continue
     return None
