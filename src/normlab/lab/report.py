@@ -3,7 +3,8 @@
 At the top, one row per claim: the claim, its source, what was measured, the
 criterion (as declared in code before running), the figures (mean +- std over seeds)
 and the verdict. Below, a section per claim with its statement, the verdict's
-arithmetic and its plot. The HTML embeds the plots as base64 PNG; the Markdown links
+arithmetic and its plot. A claim skipped because its networks do not fit the data says
+why, in the table and in its section, and has no plot. The HTML embeds the plots as base64 PNG; the Markdown links
 the same PNGs, written to ``plots/`` beside it. Every file is written atomically.
 
 ``python -m normlab.lab.report OUT/results.json`` rebuilds the report from the file.
@@ -19,7 +20,7 @@ import sys
 
 from . import plots
 from .claims import CLAIMS, Run
-from .claims.base import fmt
+from .claims.base import SKIPPED, fmt
 from .._atomic import atomic_write
 from .train import RunConfig
 
@@ -42,8 +43,8 @@ def figure_lines(figures: dict) -> list[str]:
 
 
 def table(doc: dict) -> str:
-    """The verdict table as plain text, for the terminal."""
-    rows = [(c["name"], c["verdict"]) for c in doc["claims"]]
+    """The verdict table as plain text, for the terminal; a skipped claim with its reason."""
+    rows = [(c["name"], f"{SKIPPED}: {c['explanation']}" if c["verdict"] == SKIPPED else c["verdict"]) for c in doc["claims"]]
     width = max(len(r[0]) for r in rows) + 2
     return "\n".join([f"{'claim':<{width}}verdict", *(f"{n:<{width}}{v}" for n, v in rows)])
 
@@ -52,7 +53,7 @@ def _plots(doc: dict) -> dict[str, bytes]:
     images = {}
     for c in doc["claims"]:
         claim = CLAIMS.get(c["name"])
-        if claim is None:
+        if claim is None or c["verdict"] == SKIPPED:
             continue
         runs = [Run(RunConfig.from_dict(doc["runs"][k]["config"]), doc["runs"][k]["result"]) for k in c["runs"]]
         images[c["name"]] = plots.png(claim.plot(runs, c["figures"]))
@@ -97,6 +98,7 @@ td.figures { min-width: 24em; }
 .reproduced { background: #dff3df; font-weight: bold; }
 .not-reproduced { background: #f8dcdc; font-weight: bold; }
 .inconclusive { background: #f6efd2; font-weight: bold; }
+.skipped { background: #eeeeee; color: #555; }
 .about { color: #666; font-size: 0.85em; }
 img { max-width: 100%; }
 section { margin-top: 2.5em; }
