@@ -204,6 +204,10 @@ IDX_CASES = {
         {"train-images-idx3-ubyte": (np.full((20, 6, 6), 3e38), ">f4"), "t10k-images-idx3-ubyte": (np.ones((5, 6, 6)), ">f4")},
         r"train-images-idx3-ubyte: values too large to standardize",
     ),
+    "test pixels too far from the training pixels": (
+        {"train-images-idx3-ubyte": (np.ones((20, 6, 6)), ">f4"), "t10k-images-idx3-ubyte": (np.full((5, 6, 6), 3e38), ">f4")},
+        r"t10k-images-idx3-ubyte: values too far from the training split's to standardize",
+    ),
     "a zero-dimensional image file": (
         {"train-images-idx3-ubyte": (np.array(7), np.uint8)},
         r"train-images-idx3-ubyte: an MNIST image file has 3 dimensions \(images, rows, columns\), this one has 0",

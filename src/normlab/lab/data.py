@@ -83,6 +83,10 @@ IDX_FILES = {
     "x_test": "t10k-images-idx3-ubyte",
     "y_test": "t10k-labels-idx1-ubyte",
 }
+IDX_NDIM = {  # what an MNIST file must be, by what it holds
+    "x": (3, "an MNIST image file has 3 dimensions (images, rows, columns)"),
+    "y": (1, "an MNIST label file has 1 dimension (a label per image)"),
+}
 
 # classes of each format: labels must lie in 0 .. classes - 1
 CLASSES = {"mnist1d": 10, "digits": 10, "mnist": 10, "cifar-10": 10, "cifar-100": 100}
@@ -94,6 +98,8 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class Dataset:
+    """Three splits of float32 samples ``(N, C, *spatial)`` and int64 labels ``(N,)`` in ``0 .. classes - 1``."""
+
     name: str
     x_train: torch.Tensor  # (N, C, *spatial) float32, standardized
     y_train: torch.Tensor  # (N,) int64
@@ -153,8 +159,11 @@ def load(name: str = "mnist1d") -> Dataset:
         raise DataError(f"{train.x_file}: values too large to standardize in float32 (the mean or spread overflows)")
     tensors = {}
     for key, split in splits.items():
-        tensors[f"x_{key}"] = torch.from_numpy((np.asarray(split.x, np.float32) - mean) / std)
-        tensors[f"y_{key}"] = torch.from_numpy(np.asarray(split.y, np.int64))
+        with np.errstate(over="ignore"):
+            x = (np.asarray(split.x, np.float32) - mean) / std
+        if not np.isfinite(x).all():
+            raise DataError(f"{split.x_file}: values too far from the training split's to standardize in float32")
+        tensors[f"x_{key}"], tensors[f"y_{key}"] = torch.from_numpy(x), torch.from_numpy(np.asarray(split.y, np.int64))
     used = int(max(s.y.max() for s in splits.values())) + 1
     return Dataset(name, classes=used, **tensors)
 
@@ -386,10 +395,9 @@ def _read_folder(folder: pathlib.Path) -> tuple[tuple[_Split, _Split], int]:
             if not found:
                 raise DataError(f"{folder} holds MNIST IDX files but not {stem} (or {stem}.gz)")
             arrays[key], files[key] = read_idx(found[0]), str(found[0])
-            images = key.startswith("x")
-            if arrays[key].ndim != (3 if images else 1):
-                need = "3 dimensions (images, rows, columns)" if images else "1 dimension (a label per image)"
-                raise DataError(f"{found[0]}: an MNIST {'image' if images else 'label'} file has {need}, this one has {arrays[key].ndim}")
+            ndim, need = IDX_NDIM[key[0]]
+            if arrays[key].ndim != ndim:
+                raise DataError(f"{found[0]}: {need}, this one has {arrays[key].ndim}")
         splits = tuple(
             _Split(arrays[f"x_{s}"][:, None], arrays[f"y_{s}"], files[f"x_{s}"], files[f"y_{s}"])  # one channel
             for s in ("train", "test")

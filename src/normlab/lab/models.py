@@ -13,9 +13,9 @@
   followed by [norm] and the activation; every block but the last (every block with
   ``pool_last``) ends with 2-wide max-pooling and dropout; then ``dense`` hidden linear
   layers (none by default) and a linear classifier. Convolutions are 1-D for MNIST-1D
-  (samples ``(C, L)``) and 2-D for images (``(C, H, W)``): the data decides. The
-  defaults give the Keras CNN of the blog post reviewing Ioffe and Szegedy (5 blocks of
-  60 channels, 100 in the last, dropout 0.15); ``width=(64, 128, 256, 512, 512),
+  (samples ``(C, L)``) and 2-D for images (``(C, H, W)``): the data decides.
+  ``ModelSpec("cnn", 5, 60, final_width=100, dropout=0.15)`` is the Keras CNN of the
+  blog post reviewing Ioffe and Szegedy; ``width=(64, 128, 256, 512, 512),
   convs=(1, 1, 2, 2, 2), pool_last=True`` gives VGG-11 (Simonyan & Zisserman's
   configuration A), the VGG of CIFAR experiments such as Santurkar et al.'s.
 * ``kind="rnn"``: a recurrent network reading ``(C, L)`` samples as ``L`` time steps of
@@ -297,11 +297,11 @@ def _jsonable(v):
 class ModelSpec:
     kind: str = "mlp"  # "mlp", "cnn" or "rnn"
     depth: int = 3  # hidden layers (mlp), blocks (cnn) or stacked recurrent layers (rnn)
-    width: int | tuple[int, ...] = 100  # units per hidden layer (mlp, rnn) or channels per block (cnn); mlp, cnn: or one per layer/block
+    width: int | tuple[int, ...] = 100  # units per hidden layer (mlp, rnn) or channels per block (cnn); or one each
     activation: str = "sigmoid"  # a key of ACTIVATIONS (rnn: of the GRU's candidate state)
     norm: str = "none"  # a key of NORMS (rnn: or of TIME_NORMS)
     placement: str = "before"  # the normalization "before" or "after" the activation
-    dropout: float | tuple[float, ...] = 0.0  # mlp: after each hidden layer; cnn: after each pooling; or one rate per layer/pooling
+    dropout: float | tuple[float, ...] = 0.0  # mlp: after each hidden layer; cnn: after each pooling; or one rate each
     final_width: int = 100  # cnn with one width: channels of the last block
     init_scale: float = 1.0  # multiplies the initial weights of the linear/conv layers
     noise: bool = False  # mlp, cnn: ShiftingNoise after each hidden layer's normalization
@@ -339,7 +339,8 @@ class ModelSpec:
             (math.isfinite(self.kernel_l2) and self.kernel_l2 >= 0, f"kernel_l2 must be non-negative, got {self.kernel_l2}"),
             (self.kind == "cnn" or not cnn_only, "convs, pool_last and dense are for kind 'cnn'"),
             (self.kind != "rnn" or not isinstance(self.width, tuple), "an rnn has one width for all its layers"),
-            (not isinstance(self.width, tuple) or self.final_width == 100, "with one width per block, the last one is the tuple's (leave final_width)"),
+            (not isinstance(self.width, tuple) or self.final_width == 100,
+             "with one width per block, the last one is the tuple's (leave final_width)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -390,10 +391,9 @@ class ModelSpec:
         if self.kind == "cnn":
             if len(shape) not in (2, 3):
                 return f"ModelSpec: a cnn needs samples of shape (C, L) or (C, H, W), got {shape}"
-            spatial = list(shape[1:])
-            for _ in range(self.depth - 1 + self.pool_last):
+            spatial, pools = list(shape[1:]), self.depth - 1 + self.pool_last
+            for _ in range(pools):
                 if min(spatial) < 2:
-                    pools = self.depth - 1 + self.pool_last
                     return f"ModelSpec: {self.depth} blocks ({pools} poolings) pool samples of shape {shape} to nothing"
                 spatial = [s // 2 for s in spatial]
         return None

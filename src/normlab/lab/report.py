@@ -4,8 +4,9 @@ At the top, one row per claim: the claim, its source, what was measured, the
 criterion (as declared in code before running), the figures (mean +- std over seeds)
 and the verdict. Below, a section per claim with its statement, the verdict's
 arithmetic and its plot. A claim skipped because its networks do not fit the data says
-why, in the table and in its section, and has no plot. The HTML embeds the plots as base64 PNG; the Markdown links
-the same PNGs, written to ``plots/`` beside it. Every file is written atomically.
+why, in the table and in its section, and has no plot. The HTML embeds the plots as
+base64 PNG; the Markdown links the same PNGs, written to ``plots/`` beside it. Every
+file is written atomically.
 
 ``python -m normlab.lab.report OUT/results.json`` rebuilds the report from the file.
 """

@@ -141,7 +141,8 @@ def plan(claims: list[Claim], profile: Profile, dataset: datasets.Dataset) -> tu
 
 def skip(claim: Claim, reason: str) -> dict:
     """A skipped claim's entry in results.json: what it declares, and why it was not run."""
-    return {**_declared(claim), "runs": [], "figures": {}, "verdict": SKIPPED, "explanation": f"its networks cannot train on this data: {reason}"}
+    explanation = f"its networks cannot train on this data: {reason}"
+    return {**_declared(claim), "runs": [], "figures": {}, "verdict": SKIPPED, "explanation": explanation}
 
 
 def _declared(claim: Claim) -> dict:

@@ -97,15 +97,18 @@ class RunConfig:
         """Why this run cannot train on ``dataset`` (its network does not fit the samples,
         it needs more training samples than there are, a measure needs other data), or
         None when it can. :func:`train` raises it; ``normlab reproduce`` skips the claim."""
+        reason = self.model.misfit(dataset.sample_shape, dataset.classes)
+        if reason:
+            return reason
         n = len(dataset.x_train)
-        trained_on = min(self.train_subset or n, n)
-        reasons = [self.model.misfit(dataset.sample_shape, dataset.classes)]
-        reasons.append(self.train_subset > n and f"RunConfig: train_subset {self.train_subset} exceeds the {n} training samples")
-        reasons.append(self.batch_size > trained_on and f"RunConfig: batch_size {self.batch_size} exceeds the {trained_on} training samples")
+        if self.train_subset > n:
+            return f"RunConfig: train_subset {self.train_subset} exceeds the {n} training samples"
+        if self.batch_size > (self.train_subset or n):
+            return f"RunConfig: batch_size {self.batch_size} exceeds the {self.train_subset or n} training samples"
         for m in self.measures:
             if MEASURES[m].data not in (None, dataset.name):
-                reasons.append(f"RunConfig: the measure {m} needs the {MEASURES[m].data} dataset, not {dataset.name}")
-        return next((r for r in reasons if r), None)
+                return f"RunConfig: the measure {m} needs the {MEASURES[m].data} dataset, not {dataset.name}"
+        return None
 
     def to_dict(self) -> dict:
         """The config as JSON has it (lists, not tuples)."""
