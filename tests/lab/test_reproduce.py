@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from dataset_files import write_mnist
+from dataset_files import write_cifar_batch, write_mnist
 
 from normlab._progress import Progress
 from normlab.lab import reproduce as rep
@@ -176,3 +176,12 @@ def test_reproduce_on_an_image_folder_skips_what_cannot_run(tmp_path):
     assert "(plots/faster-training.png)" in md and "plots/recurrent.png" not in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 1 and 'class="skipped"' in html
+
+
+def test_a_bad_data_folder_is_one_line_naming_the_file(tmp_path):
+    for i in range(1, 6):
+        write_cifar_batch(tmp_path / f"data_batch_{i}", 4, seed=i)
+    write_cifar_batch(tmp_path / "test_batch", 3, labels=[1, 10**6, 2])  # a million-class model, before
+    run = cli("reproduce", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().count("\n") == 0 and "test_batch: labels must lie in 0..9" in run.stderr
