@@ -43,6 +43,11 @@ def figure_lines(figures: dict) -> list[str]:
     return lines
 
 
+def _figures_cell(claim: dict) -> list[str]:
+    """The figures column of a claim's row: its figures, or why it was skipped."""
+    return [claim["explanation"]] if claim["verdict"] == SKIPPED else figure_lines(claim["figures"])
+
+
 def table(doc: dict) -> str:
     """The verdict table as plain text, for the terminal; a skipped claim with its reason."""
     rows = [(c["name"], f"{SKIPPED}: {c['explanation']}" if c["verdict"] == SKIPPED else c["verdict"]) for c in doc["claims"]]
@@ -77,7 +82,7 @@ def markdown(doc: dict, images: dict[str, bytes]) -> str:
     out = ["# normlab: claims about batch normalization, tested", "", _about(doc), ""]
     out += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for c in doc["claims"]:
-        figs = "<br>".join(cell(x) for x in figure_lines(c["figures"]))
+        figs = "<br>".join(cell(x) for x in _figures_cell(c))
         row = [f"[{c['name']}](#{c['name']})", c["source"], c["measured"], c["criterion"], figs, f"**{c['verdict']}**"]
         out.append("| " + " | ".join(cell(x) if i != 4 else x for i, x in enumerate(row)) + " |")
     for c in doc["claims"]:
@@ -114,7 +119,7 @@ def page(doc: dict, images: dict[str, bytes]) -> str:
 
     rows = []
     for c in doc["claims"]:
-        figs = "<br>".join(e(x) for x in figure_lines(c["figures"]))
+        figs = "<br>".join(e(x) for x in _figures_cell(c))
         cells = [f'<a href="#{e(c["name"])}">{e(c["name"])}</a>', e(c["source"]), e(c["measured"]), e(c["criterion"]), figs]
         tds = [f"<td>{x}</td>" for x in cells[:4]] + [f'<td class="figures">{cells[4]}</td>']
         rows.append("<tr>" + "".join(tds) + verdict(c) + "</tr>")
