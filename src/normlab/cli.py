@@ -3,7 +3,7 @@
     normlab summary MODEL [--checkpoint FILE] --input-size 3 32 32
     normlab doctor MODEL [--checkpoint FILE] (--input-size 3 32 32 [--batch-size 32] | --example BATCH.pt)
     normlab fold MODEL [--checkpoint FILE] --output folded.pt
-    normlab reproduce [--claims NAME ...] [--profile quick|full] [--data mnist1d|PATH] [--out DIR] [--seeds N]
+    normlab reproduce [--claims NAME ...] [--profile quick|full] [--data mnist1d|digits|PATH] [--out DIR] [--seeds N]
     normlab claims
 
 MODEL is ``module:callable``: a module importable from the current directory (or a
@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--claims", nargs="+", metavar="NAME", help="claims to test (default: all; see `normlab claims`)")
     p.add_argument("--profile", choices=["quick", "full", "tiny"], default="quick",
                    help="quick (default, minutes), full (more steps and seeds) or tiny (seconds, for tests)")
-    p.add_argument("--data", default="mnist1d", help="'mnist1d' (generated offline, the default) or a folder of MNIST IDX or CIFAR python files")
+    p.add_argument("--data", default="mnist1d", help="'mnist1d' (generated offline, the default), 'digits' (shipped: 8x8 handwritten digits) or a folder of MNIST IDX or CIFAR python files")
     p.add_argument("--out", default="normlab-report", help="output folder; runs cached there are reused (default: normlab-report)")
     p.add_argument("--seeds", type=int, help="seeds per configuration (default: the profile's)")
     p.add_argument("--jobs", type=int, help="worker processes (default: one per core)")

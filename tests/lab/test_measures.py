@@ -23,7 +23,8 @@ def synthetic(n=64, length=10, classes=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     x, x_test = torch.randn(n, 1, length, generator=g), torch.randn(n // 2, 1, length, generator=g)
     y, y_test = torch.randint(0, classes, (n,), generator=g), torch.randint(0, classes, (n // 2,), generator=g)
-    return Dataset("synthetic", x, y, x_test, y_test, classes)
+    x_val, y_val = torch.randn(n // 4, 1, length, generator=g), torch.randint(0, classes, (n // 4,), generator=g)
+    return Dataset("synthetic", x, y, x_test, y_test, classes, x_val=x_val, y_val=y_val)
 
 
 def a_step(spec=SPEC, lr=0.1, optimizer="sgd", seed=0):

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+from dataset_files import write_cifar_batch, write_mnist
 
 from normlab._progress import Progress
 from normlab.lab import reproduce as rep
@@ -129,3 +130,60 @@ def test_cli_errors(tmp_path):
     assert run.returncode == 2 and "unknown claim(s) faster-flying; the claims are: faster-training," in run.stderr
     run = cli("reproduce", "--seeds", "0", "--out", str(tmp_path / "o"))
     assert run.returncode == 2 and "--seeds must be at least 1" in run.stderr
+
+
+# --- claims that cannot run on the data are skipped, with their reason -------------------------
+
+
+def test_claims_whose_networks_do_not_fit_the_data_are_planned_out():
+    from normlab.lab import data
+    from normlab.lab.claims import Profile
+
+    digits = data.load("digits")  # (1, 8, 8) images, 1259 training samples
+    planned, skipped = rep.plan(list(CLAIMS.values()), Profile("quick", 3, "digits"), digits)
+    assert sorted(skipped) == ["recurrent", "saturating-activations"]
+    assert "an rnn reads samples of shape (C, L) as L steps of C values, got (1, 8, 8)" in skipped["recurrent"]
+    assert "5 blocks (4 poolings) pool samples of shape (1, 8, 8) to nothing" in skipped["saturating-activations"]
+    assert set(planned) == set(CLAIMS) - set(skipped)
+    assert all(c.misfit(digits) is None for runs in planned.values() for c in runs)
+    _, skipped = rep.plan(list(CLAIMS.values()), Profile("full", 5, "digits"), digits)
+    assert "train_subset 2000 exceeds the 1259 training samples" in skipped["small-batches"]
+
+
+@pytest.mark.slow
+def test_reproduce_on_an_image_folder_skips_what_cannot_run(tmp_path):
+    """`reproduce --data FOLDER`: the recurrent and the 5-block CNN claims cannot run on 6x6 images; they
+    are skipped, said so on stderr, in the terminal's table and in the report, and the others run."""
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    write_mnist(folder, n_train=100, n_test=20)
+    out = tmp_path / "report"
+    claims = ("faster-training", "recurrent", "saturating-activations")
+    run = cli("reproduce", "--profile", "tiny", "--data", str(folder), "--claims", *claims, "--out", str(out), "--jobs", "1")
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    assert "skipping recurrent: its networks cannot train on" in run.stderr and "an rnn reads samples" in run.stderr
+    assert "skipping saturating-activations:" in run.stderr and "pool samples of shape (1, 6, 6) to nothing" in run.stderr
+    lines = {line.split()[0]: line for line in run.stdout.splitlines() if line.split() and line.split()[0] in claims}
+    assert lines["recurrent"].split(None, 1)[1].startswith("skipped: its networks cannot train on this data: ModelSpec: an rnn")
+    assert lines["faster-training"].endswith(("reproduced", "inconclusive", "not reproduced"))
+    doc = json.loads((out / "results.json").read_text())
+    verdicts = {c["name"]: c for c in doc["claims"]}
+    assert verdicts["saturating-activations"]["verdict"] == "skipped" and verdicts["saturating-activations"]["runs"] == []
+    assert all(r["config"]["model"]["kind"] == "mlp" for r in doc["runs"].values())  # only faster-training's were trained
+    md = (out / "report.md").read_text()
+    assert "**skipped**: its networks cannot train on this data: ModelSpec: an rnn reads" in md
+    row = next(line for line in md.splitlines() if line.startswith("| [recurrent]"))
+    assert "| its networks cannot train on this data: ModelSpec: an rnn reads" in row and row.endswith("| **skipped** |")
+    assert "(plots/faster-training.png)" in md and "plots/recurrent.png" not in md
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 1 and 'class="skipped"' in html
+
+
+def test_a_bad_data_folder_is_one_line_naming_the_file(tmp_path):
+    for i in range(1, 6):
+        write_cifar_batch(tmp_path / f"data_batch_{i}", 4, seed=i)
+    write_cifar_batch(tmp_path / "test_batch", 3, labels=[1, 10**6, 2])  # a million-class model, before
+    run = cli("reproduce", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().count("\n") == 0 and "test_batch: labels must lie in 0..9" in run.stderr

@@ -1,12 +1,14 @@
 """The training loop: deterministic, logs what it says, probes without side effects, survives divergence."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from normlab.lab import train
+from normlab.lab.data import Dataset
 from normlab.lab.models import ModelSpec, build
 from normlab.lab.train import RunConfig
 
@@ -43,8 +45,8 @@ def test_history(mnist1d):
 
 def test_training_loss_is_the_mean_since_the_last_log(mnist1d, monkeypatch):
     seen = []
-    real = torch.nn.functional.cross_entropy
-    monkeypatch.setattr(train.F, "cross_entropy", lambda *a: seen.append(real(*a).item()) or real(*a))
+    real = train.loss
+    monkeypatch.setattr(train, "loss", lambda *a: seen.append(real(*a).item()) or real(*a))
     r = train.train(RunConfig(ModelSpec("mlp", 1, 8), steps=6, eval_every=3), mnist1d)
     assert r["train_loss"][1:] == pytest.approx([np.mean(seen[:3]), np.mean(seen[3:])])
 
@@ -131,3 +133,23 @@ def test_bad_train_subset(mnist1d):
         train.train(RunConfig(ModelSpec(), train_subset=5000), mnist1d)
     with pytest.raises(ValueError, match="batch_size 60 exceeds the 50 training samples"):
         train.train(RunConfig(ModelSpec(), train_subset=50), mnist1d)
+
+
+def test_misfit_names_what_the_data_cannot_give():
+    """A run that cannot train on a dataset says why before training; train() raises the same reason."""
+    g = torch.Generator().manual_seed(0)
+    toy = Dataset("toy", torch.randn(40, 1, 10, generator=g), torch.arange(40) % 3, torch.randn(8, 1, 10, generator=g),
+                  torch.arange(8) % 3, 3, x_val=torch.randn(8, 1, 10, generator=g), y_val=torch.arange(8) % 3)
+    rnn = ModelSpec("rnn", depth=1, width=4, activation="tanh")
+    cases = [
+        (RunConfig(rnn, measures=("longer_sequences",), batch_size=8), "the measure longer_sequences needs the mnist1d dataset, not toy"),
+        (RunConfig(rnn, train_subset=50, batch_size=8), "train_subset 50 exceeds the 40 training samples"),
+        (RunConfig(rnn, train_subset=20, batch_size=30), "batch_size 30 exceeds the 20 training samples"),
+        (RunConfig(rnn, batch_size=41), "batch_size 41 exceeds the 40 training samples"),
+        (RunConfig(ModelSpec("cnn", depth=5, width=2, final_width=2), batch_size=8), r"5 blocks \(4 poolings\) pool samples of shape \(1, 10\)"),
+    ]
+    for config, message in cases:
+        assert re.search(message, config.misfit(toy)), config
+        with pytest.raises(ValueError, match=message):
+            train.train(config, toy)
+    assert RunConfig(rnn, batch_size=8).misfit(toy) is None

@@ -32,6 +32,7 @@ from torch import nn
 from ..tools._common import is_batchnorm
 from ..tools.precise import precise_batchnorm
 from . import data as datasets
+from . import models
 from .models import WEIGHTED
 
 if TYPE_CHECKING:
@@ -43,18 +44,20 @@ __all__ = ["MEASURES", "Measure", "TrainingStep", "measure", "ETA_MULTIPLES", "T
 class Measure(NamedTuple):
     fn: Callable[[TrainingStep], Any]
     at: str  # "logs" or "end"
+    data: str | None = None  # the one dataset it can measure on; None: any
 
 
 MEASURES: dict[str, Measure] = {}
 
 
-def measure(name: str, at: str = "logs"):
-    """Register ``fn(step: TrainingStep) -> JSON-ready value`` as the measure ``name``, taken at every log or at the end."""
+def measure(name: str, at: str = "logs", data: str | None = None):
+    """Register ``fn(step: TrainingStep) -> JSON-ready value`` as the measure ``name``, taken at
+    every log or at the end; ``data`` names the one dataset it can measure on, if only one."""
     if at not in ("logs", "end"):
         raise ValueError(f"measure {name!r}: at must be 'logs' or 'end', got {at!r}")
 
     def register(fn):
-        MEASURES[name] = Measure(fn, at)
+        MEASURES[name] = Measure(fn, at, data)
         return fn
 
     return register
@@ -74,7 +77,7 @@ class TrainingStep:
 
     def loss(self) -> torch.Tensor:
         """The training loss on this batch, as the loop computes it (the model in its current mode)."""
-        return F.cross_entropy(self.model(self.x), self.y)
+        return models.loss(self.model(self.x), self.y) + models.penalty(self.model, self.config.model)
 
     def trained(self) -> list[nn.Parameter]:
         """The parameters training moves, in the model's order (for a Sequential: forward order)."""
@@ -188,7 +191,7 @@ def batch_statistics_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor
         with torch.no_grad():
             for i in range(0, len(x), batch):
                 out = model(x[i : i + batch])
-                correct += int(((out.argmax(1) == y[i : i + batch]) & torch.isfinite(out).all(1)).sum())
+                correct += int(((models.predict(out) == y[i : i + batch]) & torch.isfinite(out).all(1)).sum())
     finally:
         for m, (training, track, policy) in zip(bns, was):
             m.track_running_stats = track
@@ -228,7 +231,7 @@ def inference_statistics(step: TrainingStep) -> dict:
 TEST_LENGTHS = (40, 60, 80)  # MNIST-1D test sequences of `longer_sequences`: 40 is the training length
 
 
-@measure("longer_sequences", at="end")
+@measure("longer_sequences", at="end", data="mnist1d")
 def longer_sequences(step: TrainingStep) -> dict:
     """Test accuracy on MNIST-1D's test signals generated at each length of :data:`TEST_LENGTHS`
     (:func:`normlab.lab.data.mnist1d_test_at`: the same signals, resampled), keyed by length."""

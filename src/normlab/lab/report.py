@@ -3,8 +3,10 @@
 At the top, one row per claim: the claim, its source, what was measured, the
 criterion (as declared in code before running), the figures (mean +- std over seeds)
 and the verdict. Below, a section per claim with its statement, the verdict's
-arithmetic and its plot. The HTML embeds the plots as base64 PNG; the Markdown links
-the same PNGs, written to ``plots/`` beside it. Every file is written atomically.
+arithmetic and its plot. A claim skipped because its networks do not fit the data says
+why, in the table and in its section, and has no plot. The HTML embeds the plots as
+base64 PNG; the Markdown links the same PNGs, written to ``plots/`` beside it. Every
+file is written atomically.
 
 ``python -m normlab.lab.report OUT/results.json`` rebuilds the report from the file.
 """
@@ -19,7 +21,7 @@ import sys
 
 from . import plots
 from .claims import CLAIMS, Run
-from .claims.base import fmt
+from .claims.base import SKIPPED, fmt
 from .._atomic import atomic_write
 from .train import RunConfig
 
@@ -41,9 +43,14 @@ def figure_lines(figures: dict) -> list[str]:
     return lines
 
 
+def _figures_cell(claim: dict) -> list[str]:
+    """The figures column of a claim's row: its figures, or why it was skipped."""
+    return [claim["explanation"]] if claim["verdict"] == SKIPPED else figure_lines(claim["figures"])
+
+
 def table(doc: dict) -> str:
-    """The verdict table as plain text, for the terminal."""
-    rows = [(c["name"], c["verdict"]) for c in doc["claims"]]
+    """The verdict table as plain text, for the terminal; a skipped claim with its reason."""
+    rows = [(c["name"], f"{SKIPPED}: {c['explanation']}" if c["verdict"] == SKIPPED else c["verdict"]) for c in doc["claims"]]
     width = max(len(r[0]) for r in rows) + 2
     return "\n".join([f"{'claim':<{width}}verdict", *(f"{n:<{width}}{v}" for n, v in rows)])
 
@@ -52,7 +59,7 @@ def _plots(doc: dict) -> dict[str, bytes]:
     images = {}
     for c in doc["claims"]:
         claim = CLAIMS.get(c["name"])
-        if claim is None:
+        if claim is None or c["verdict"] == SKIPPED:
             continue
         runs = [Run(RunConfig.from_dict(doc["runs"][k]["config"]), doc["runs"][k]["result"]) for k in c["runs"]]
         images[c["name"]] = plots.png(claim.plot(runs, c["figures"]))
@@ -75,7 +82,7 @@ def markdown(doc: dict, images: dict[str, bytes]) -> str:
     out = ["# normlab: claims about batch normalization, tested", "", _about(doc), ""]
     out += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for c in doc["claims"]:
-        figs = "<br>".join(cell(x) for x in figure_lines(c["figures"]))
+        figs = "<br>".join(cell(x) for x in _figures_cell(c))
         row = [f"[{c['name']}](#{c['name']})", c["source"], c["measured"], c["criterion"], figs, f"**{c['verdict']}**"]
         out.append("| " + " | ".join(cell(x) if i != 4 else x for i, x in enumerate(row)) + " |")
     for c in doc["claims"]:
@@ -97,6 +104,7 @@ td.figures { min-width: 24em; }
 .reproduced { background: #dff3df; font-weight: bold; }
 .not-reproduced { background: #f8dcdc; font-weight: bold; }
 .inconclusive { background: #f6efd2; font-weight: bold; }
+.skipped { background: #eeeeee; color: #555; }
 .about { color: #666; font-size: 0.85em; }
 img { max-width: 100%; }
 section { margin-top: 2.5em; }
@@ -111,7 +119,7 @@ def page(doc: dict, images: dict[str, bytes]) -> str:
 
     rows = []
     for c in doc["claims"]:
-        figs = "<br>".join(e(x) for x in figure_lines(c["figures"]))
+        figs = "<br>".join(e(x) for x in _figures_cell(c))
         cells = [f'<a href="#{e(c["name"])}">{e(c["name"])}</a>', e(c["source"]), e(c["measured"]), e(c["criterion"]), figs]
         tds = [f"<td>{x}</td>" for x in cells[:4]] + [f'<td class="figures">{cells[4]}</td>']
         rows.append("<tr>" + "".join(tds) + verdict(c) + "</tr>")

@@ -1,6 +1,9 @@
 """``normlab reproduce``: run what the claims need, judge them, write results.json and the report.
 
-1. Every claim lists its runs; runs two claims share are trained once.
+1. Every claim lists its runs; runs two claims share are trained once. A claim with a
+   run that cannot train on the data (:meth:`RunConfig.misfit`: an rnn on images, more
+   poolings than the images have pixels, more samples than the data has) is skipped,
+   with the reason on stderr and in the report, before anything is trained.
 2. Each run's result is cached in ``OUT/runs/<key>.json`` (key: a hash of its whole
    config, :meth:`RunConfig.key`), written atomically as soon as the run ends. Runs
    already there are not trained again, so an interrupted ``reproduce`` resumes where
@@ -22,6 +25,7 @@ import multiprocessing
 import os
 import pathlib
 import platform
+import sys
 import time
 from importlib import metadata
 
@@ -29,10 +33,11 @@ from .._atomic import atomic_write
 from .._progress import Progress
 from . import data as datasets
 from .claims import CLAIMS, Claim, Profile, Run
+from .claims.base import SKIPPED
 from .models import build, macs, torch_calls
 from .train import RESULT_VERSION, RunConfig, train
 
-__all__ = ["reproduce", "run_all", "judge", "default_jobs"]
+__all__ = ["reproduce", "run_all", "plan", "judge", "default_jobs"]
 
 
 def default_jobs() -> int:
@@ -120,16 +125,36 @@ def run_all(configs: list[RunConfig], out: pathlib.Path, jobs: int = 1, progress
     return results
 
 
+def plan(claims: list[Claim], profile: Profile, dataset: datasets.Dataset) -> tuple[dict, dict]:
+    """``({claim: its runs}, {claim: why it is skipped})``: a claim is skipped when one of
+    its runs cannot train on ``dataset`` (the first such run's reason)."""
+    planned, skipped = {}, {}
+    for claim in claims:
+        runs = claim.runs(profile)
+        reason = next((r for r in (c.misfit(dataset) for c in runs) if r), None)
+        if reason:
+            skipped[claim.name] = reason
+        else:
+            planned[claim.name] = runs
+    return planned, skipped
+
+
+def skip(claim: Claim, reason: str) -> dict:
+    """A skipped claim's entry in results.json: what it declares, and why it was not run."""
+    explanation = f"its networks cannot train on this data: {reason}"
+    return {**_declared(claim), "runs": [], "figures": {}, "verdict": SKIPPED, "explanation": explanation}
+
+
+def _declared(claim: Claim) -> dict:
+    return {k: getattr(claim, k) for k in ("name", "source", "statement", "measured", "criterion")}
+
+
 def judge(claim: Claim, runs: list[Run]) -> dict:
     """A claim's entry in results.json: what it declares, its figures and its verdict."""
     figures = claim.summarize(runs)
     v = claim.verdict(figures)
     return {
-        "name": claim.name,
-        "source": claim.source,
-        "statement": claim.statement,
-        "measured": claim.measured,
-        "criterion": claim.criterion,
+        **_declared(claim),
         "runs": [r.config.key() for r in runs],
         "figures": figures,
         "verdict": v.verdict,
@@ -161,8 +186,10 @@ def reproduce(
     claims = [CLAIMS[n] for n in (names or list(CLAIMS))]
     out = pathlib.Path(out)
     start = time.monotonic()
-    _dataset(profile.data)  # fail early on a bad --data, and generate MNIST-1D once, before the workers start
-    planned = {c.name: c.runs(profile) for c in claims}
+    dataset = _dataset(profile.data)  # fail early on a bad --data, and generate MNIST-1D once, before the workers start
+    planned, skipped = plan(claims, profile, dataset)
+    for name, reason in skipped.items():
+        print(f"skipping {name}: its networks cannot train on {profile.data}: {reason}", file=sys.stderr)
     results = run_all([r for rs in planned.values() for r in rs], out, jobs or default_jobs(), progress)
     doc = {
         "format": 1,
@@ -170,7 +197,10 @@ def reproduce(
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "profile": {"name": profile.name, "seeds": profile.seeds, "data": profile.data},
         "versions": versions(),
-        "claims": [judge(c, [Run(r, results[r.key()]) for r in planned[c.name]]) for c in claims],
+        "claims": [
+            skip(c, skipped[c.name]) if c.name in skipped else judge(c, [Run(r, results[r.key()]) for r in planned[c.name]])
+            for c in claims
+        ],
         "runs": {},
     }
     for config in (c for rs in planned.values() for c in rs):

@@ -1,8 +1,11 @@
 """One training run of the lab: a :class:`RunConfig` in, a JSON-ready result out.
 
-The loop is deliberately plain: cross-entropy, SGD (with optional momentum) or Adam,
-mini-batches drawn without replacement from a per-run ``torch.Generator``, weights
-initialized after ``torch.manual_seed(seed)``, one thread. The same config gives the
+The loop is deliberately plain: the model's loss (cross-entropy, or binary
+cross-entropy for a sigmoid head, plus the spec's L2 penalty on the hidden kernels:
+:func:`normlab.lab.models.loss`, :func:`~normlab.lab.models.penalty`), SGD (with
+optional momentum), Adam or RMSprop (:data:`OPTIMIZERS`), mini-batches drawn without
+replacement from a per-run ``torch.Generator``, weights initialized after
+``torch.manual_seed(seed)``, one thread. The same config gives the
 same numbers, bit for bit, in any process, which is what lets runs be cached by
 :meth:`RunConfig.key` and resumed.
 
@@ -38,12 +41,11 @@ import time
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import data as datasets
 from .measures import MEASURES, TrainingStep
-from .models import ACTIVATIONS, WEIGHTED, ModelSpec, as_dict, build
+from .models import ACTIVATIONS, WEIGHTED, ModelSpec, as_dict, build, loss, penalty, predict
 
 __all__ = ["RunConfig", "train", "PROBES", "probe", "RESULT_VERSION", "TRAINABLE"]
 
@@ -53,6 +55,9 @@ RESULT_VERSION = 2
 OPTIMIZERS = {
     "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum),
     "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr),
+    # Keras's RMSprop with its defaults (rho 0.9, epsilon 1e-7; torch's are alpha 0.99, eps
+    # 1e-8): w -= lr g / (sqrt(v) + eps), v = rho v + (1 - rho) g^2 from v = 0, as Keras 2 did
+    "rmsprop": lambda params, c: torch.optim.RMSprop(params, lr=c.lr, alpha=0.9, eps=1e-7),
 }
 
 TRAINABLE = ("all", "norm", "random")
@@ -87,6 +92,23 @@ class RunConfig:
             raise ValueError(f"RunConfig: unknown measures {unknown}; the measures are {sorted(MEASURES)}")
         if self.trainable not in TRAINABLE:
             raise ValueError(f"RunConfig: trainable must be one of {TRAINABLE}, got {self.trainable!r}")
+
+    def misfit(self, dataset: datasets.Dataset) -> str | None:
+        """Why this run cannot train on ``dataset`` (its network does not fit the samples,
+        it needs more training samples than there are, a measure needs other data), or
+        None when it can. :func:`train` raises it; ``normlab reproduce`` skips the claim."""
+        reason = self.model.misfit(dataset.sample_shape, dataset.classes)
+        if reason:
+            return reason
+        n = len(dataset.x_train)
+        if self.train_subset > n:
+            return f"RunConfig: train_subset {self.train_subset} exceeds the {n} training samples"
+        if self.batch_size > (self.train_subset or n):
+            return f"RunConfig: batch_size {self.batch_size} exceeds the {self.train_subset or n} training samples"
+        for m in self.measures:
+            if MEASURES[m].data not in (None, dataset.name):
+                return f"RunConfig: the measure {m} needs the {MEASURES[m].data} dataset, not {dataset.name}"
+        return None
 
     def to_dict(self) -> dict:
         """The config as JSON has it (lists, not tuples)."""
@@ -227,7 +249,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 10
     with torch.no_grad():
         for i in range(0, len(x), batch):
             out = model(x[i : i + batch])
-            ok = (out.argmax(1) == y[i : i + batch]) & torch.isfinite(out).all(1)
+            ok = (predict(out) == y[i : i + batch]) & torch.isfinite(out).all(1)
             correct += int(ok.sum())
     model.train(was_training)
     return correct / len(x)
@@ -244,12 +266,11 @@ def _batches(n: int, size: int, generator: torch.Generator):
 def train(config: RunConfig, dataset: datasets.Dataset | None = None) -> dict:
     """Train as ``config`` says and return the logged history (a dict of plain numbers and lists)."""
     ds = dataset if dataset is not None else datasets.load(config.data)
-    if config.train_subset > len(ds.x_train):
-        raise ValueError(f"RunConfig: train_subset {config.train_subset} exceeds the {len(ds.x_train)} training samples")
+    reason = config.misfit(ds)
+    if reason:
+        raise ValueError(reason)
     n = config.train_subset or len(ds.x_train)
     x_train, y_train = ds.x_train[:n], ds.y_train[:n]
-    if config.batch_size > len(x_train):
-        raise ValueError(f"RunConfig: batch_size {config.batch_size} exceeds the {len(x_train)} training samples")
     start = time.perf_counter()
     with _one_thread():
         torch.manual_seed(config.seed)
@@ -288,16 +309,16 @@ def train(config: RunConfig, dataset: datasets.Dataset | None = None) -> dict:
             if config.measures and (step - 1) % config.eval_every == 0:
                 measure(step - 1, idx, "logs")
             try:
-                loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"the training loss is {loss.item()}")
+                objective = loss(model(x_train[idx]), y_train[idx]) + penalty(model, config.model)
+                if not torch.isfinite(objective):
+                    raise FloatingPointError(f"the training loss is {objective.item()}")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                objective.backward()
                 optimizer.step()
             except FloatingPointError as e:
                 diverged = {"step": step, "reason": str(e)}
                 break
-            losses.append(loss.item())
+            losses.append(objective.item())
             if step % config.eval_every == 0 or step == config.steps:
                 record(step, losses)
                 losses = []

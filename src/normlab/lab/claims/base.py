@@ -28,11 +28,12 @@ from typing import Any, Callable
 from ..train import RunConfig
 
 __all__ = [
-    "Claim", "Profile", "PROFILES", "Run", "Verdict", "REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE",
+    "Claim", "Profile", "PROFILES", "Run", "Verdict", "REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE", "SKIPPED",
     "fmt", "stat", "ratio", "compare", "combine", "steps_to", "group",
 ]
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+SKIPPED = "skipped"  # not a verdict: the claim's networks do not fit the data (normlab.lab.reproduce.plan)
 
 
 @dataclass(frozen=True)
