@@ -4,8 +4,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from conftest import assert_rel
+from torch import nn
 
 import normlab
 from normlab.cli import main
@@ -168,3 +170,60 @@ def test_doctor(tmp_path, monkeypatch, capsys):
     for code in ("keras-momentum", "bn-after-dropout", "small-batch"):
         assert f"[{code}] " in out, out
     assert "3 finding(s) on a batch of 4 standard-normal samples of shape (6,)" in out
+
+
+def test_checkpoint_wrappers_are_unwrapped(tmp_path, capsys):
+    from normlab.cli import CommandError, load_checkpoint
+
+    trained = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8))
+    normlab.precise_batchnorm(trained, [torch.randn(16, 4) * 2 + 1])
+    state = trained.state_dict()
+    wrapped = {
+        "lightning.pt": {"state_dict": {f"model.{k}": v for k, v in state.items()} | {"loss.weight": torch.ones(1)}, "epoch": 3},
+        "ddp.pt": {f"module.{k}": v for k, v in state.items()},
+        "compiled_ddp.pt": {f"module._orig_mod.{k}": v for k, v in state.items()},
+        "model.pt": {"model": state, "optimizer": {"state": {}}, "epoch": 3},
+        "module.pt": trained,
+        "plain.pt": state,
+    }
+    for name, obj in wrapped.items():
+        torch.save(obj, tmp_path / name)
+        model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8))
+        load_checkpoint(model, str(tmp_path / name))
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()), name
+    notes = capsys.readouterr().err
+    assert "lightning.pt: its 'state_dict' entry, prefix 'model.' removed (1 other entries left out: loss.weight)" in notes
+    assert "ddp.pt: prefix 'module.' removed" in notes and "prefix 'module._orig_mod.' removed" in notes
+    assert "plain.pt" not in notes  # nothing to say
+    torch.save({k: v for k, v in state.items() if "running" not in k}, tmp_path / "partial.pt")
+    with pytest.raises(CommandError, match=r"partial.pt does not fit the model: 2 missing key\(s\) \(1.running_mean, 1.running_var\)"):
+        load_checkpoint(nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8)), str(tmp_path / "partial.pt"))
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"normlab {normlab.__version__} (torch {torch.__version__}, Python {sys.version.split()[0]})"
+    with pytest.raises(SystemExit) as e:
+        main(["doctor", "--help"])
+    assert e.value.code == 0 and "--batch-size" in capsys.readouterr().out
+
+
+def test_doctor_exit_status(tmp_path, monkeypatch, capsys):
+    (tmp_path / "fold_zoo.py").write_text(FOLD_MODEL)
+    clean = textwrap.dedent(
+        """
+        from torch import nn
+
+        def clean():
+            return nn.Sequential(nn.Linear(6, 6, bias=False), nn.BatchNorm1d(6), nn.ReLU())
+        """
+    )
+    (tmp_path / "clean_zoo.py").write_text(clean)
+    assert in_process(["doctor", "clean_zoo.py:clean", "--input-size", "6"], tmp_path, monkeypatch) == 0
+    assert "0 finding(s) on a batch of 32" in capsys.readouterr().out
+    assert in_process(["doctor", "fold_zoo.py:leaky", "--input-size", "6"], tmp_path, monkeypatch) == 1
+    assert in_process(["doctor", "fold_zoo.py:leaky", "--input-size", "7"], tmp_path, monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("normlab doctor: the model cannot run on") and len(err.strip().splitlines()) == 1

@@ -197,7 +197,7 @@ def test_an_error_of_the_models_forward_is_a_finding():
     assert codes(found) == [("keras-momentum", "stem.1"), ("forward-error", "head")]
     assert "RuntimeError" in found[1].message and "mat1 and mat2" in found[1].message
     found = normlab.doctor(mlp(), torch.randn(32, 7))  # an input of the wrong size
-    assert codes(found) == [("forward-error", "0")] and "(32, 7)" in found[0].message
+    assert codes(found) == [("forward-error", "0")] and "(32x7 and 10x16)" in found[0].message
     found = normlab.doctor(mlp(), {"x": X})  # a dict batch, without forward=
     assert codes(found) == [("forward-error", "0")] and "forward=lambda model, batch: model(batch['x'])" in found[0].fix
     assert normlab.doctor(mlp(), {"x": X}, forward=lambda model, batch: model(batch["x"])) == []

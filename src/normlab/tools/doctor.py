@@ -33,8 +33,8 @@ From the configuration:
 
 From the forward pass:
 
-``forward-error``        the model's forward pass raised on the example batch; the checks
-                         below saw only what ran before.
+``forward-error``        the model's forward pass raised on the example batch, in the module
+                         named; the checks below saw only what ran before it.
 ``batch-of-one``         a batch norm gets one value per channel (a batch of one sample of
                          an MLP, or a GhostBatchNorm's last virtual batch of one): batch
                          statistics are undefined and torch raises "Expected more than 1
@@ -439,10 +439,10 @@ class _Examination:
                 stopped_at = where  # the batch of one itself: already the finding
             else:
                 findings.append(_forward_error(where, e, batch, forward))
-        for name, shape, ghost in self.one_value[:1]:
-            others = [n for n, _, _ in self.one_value]
+        if self.one_value:
+            _, shape, ghost = self.one_value[0]
             findings += _grouped(
-                "batch-of-one", others,
+                "batch-of-one", [name for name, _, _ in self.one_value],
                 f"{'its last virtual batch gives' if ghost else 'gets'} one value per channel (input of shape {shape}): "
                 "the statistics of a batch of one are undefined, and torch raises \"Expected more than 1 value per "
                 "channel when training\"" + (" (the forward pass stopped there)" if stopped_at else ""),
@@ -473,13 +473,10 @@ class _Examination:
 
 
 def _forward_error(where: str, e: Exception, batch, forward) -> Finding:
-    shape = f"of shape {tuple(batch.shape)}" if isinstance(batch, torch.Tensor) else f"(a {type(batch).__name__})"
     text = " ".join(str(e).split("Exception raised from")[0].split())
     text = text if len(text) <= 300 else text[:297] + "..."
     return Finding(
-        "forward-error", where,
-        f"the forward pass on the example batch {shape} raised {type(e).__name__}: {text}; "
-        "the checks that need the forward pass saw only what ran before",
+        "forward-error", where, f"the forward pass raised {type(e).__name__}: {text}",
         forward_hint(batch, forward) or "give an example batch the model accepts as it is (one training batch), "
         "or forward=lambda model, batch: ... to say how a batch is fed",
     )  # fmt: skip
