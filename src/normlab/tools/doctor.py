@@ -489,11 +489,12 @@ def _small_batch(code: str, small: list[tuple[str, int, int]], fix: str) -> list
     name, samples, values = min(small, key=lambda s: (s[2], s[1]))
     others = f" ({len(small)} batch norms in all: {_names([s[0] for s in small])})" if len(small) > 1 else ""
     batch = "virtual batch" if code == "small-virtual-batch" else "batch"
+    if values < MIN_VALUES:
+        why = f"the variance alone is off by about {math.sqrt(2 / max(values - 1, 1)):.0%} from one batch to the next"
+    else:  # many values, but from few samples: the statistics follow those samples' content
+        why = "the statistics follow the content of these few samples (Wu & He 2018: ResNet-50 at 27.3% error with 4 samples per batch, 23.6% with 32)"
     return [Finding(
-        code, name,
-        f"{batch} statistics over {samples} sample(s), {values} value(s) per channel{others}: they vary a lot from "
-        f"batch to batch (relative error of the variance about {math.sqrt(2 / max(values - 1, 1)):.0%})",
-        fix,
+        code, name, f"{batch} statistics over {samples} sample(s), {values} value(s) per channel{others}: {why}", fix,
     )]  # fmt: skip
 
 
