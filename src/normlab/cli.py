@@ -90,7 +90,7 @@ def blame(what: str = "", fix: str = "", catch=Exception):
         raise
     except catch as e:
         ours = _raised_by_normlab(e)
-        if ours and not isinstance(e, _CLEAR) and catch is Exception:
+        if ours and not isinstance(e, _CLEAR) and catch is Exception:  # a narrower catch names what to convert
             raise
         text = _one_line(str(e)) or type(e).__name__
         if not ours and not isinstance(e, OSError):
