@@ -229,3 +229,16 @@ def test_doctor_exit_status(tmp_path, monkeypatch, capsys):
     assert in_process(["doctor", "fold_zoo.py:leaky", "--input-size", "7"], tmp_path, monkeypatch) == 2
     err = capsys.readouterr().err
     assert err.startswith("normlab doctor: the model cannot run on") and len(err.strip().splitlines()) == 1
+
+
+def test_a_bug_of_normlabs_is_not_a_finding(tmp_path, monkeypatch, capsys):
+    """Exit status 1 means findings; a crash inside normlab has a status of its own, and its traceback."""
+    (tmp_path / "fold_zoo.py").write_text(FOLD_MODEL)
+
+    def broken_doctor(model, batch):
+        raise AttributeError("'NoneType' object has no attribute 'running_mean'")
+
+    monkeypatch.setattr(normlab.tools, "doctor", broken_doctor)
+    assert in_process(["doctor", "fold_zoo.py:leaky", "--input-size", "6"], tmp_path, monkeypatch) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "AttributeError" in err and "this is a bug in normlab (exit status 3)" in err

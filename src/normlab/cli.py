@@ -17,8 +17,8 @@ The contract: a mistake of the user's (an argument, a file, their model's code) 
 line on stderr naming what was wrong and what to do, with exit status 2. Every such
 mistake is a :class:`CommandError`, printed by the one handler in :func:`main`; what
 the user gave is only ever called inside :func:`blame`, which turns its exceptions
-into one. Anything else is a bug of normlab's and keeps its traceback. ``doctor``
-exits 1 when it has findings and 0 when it has none.
+into one. Anything else is a bug of normlab's: its traceback, and exit status 3.
+``doctor`` exits 1 when it has findings and 0 when it has none.
 """
 
 from __future__ import annotations
@@ -442,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Run ``normlab ARGV``; the exit status: 0, 1 (the doctor's findings) or 2 (a :class:`CommandError`)."""
+    """Run ``normlab ARGV``; the exit status: 0, 1 (the doctor's findings), 2 (a :class:`CommandError`) or 3 (a bug)."""
     prog = "normlab"
     try:
         args, extra = build_parser().parse_known_args(argv)
@@ -453,6 +453,10 @@ def main(argv=None) -> int:
     except CommandError as e:
         print(f"{e.prog or prog}: {_one_line(str(e), limit=2000)}", file=sys.stderr)
         return 2
+    except Exception:  # not the user's mistake: normlab's, with its traceback, and a status of its own
+        traceback.print_exc()
+        print(f"{prog}: this is a bug in normlab (exit status 3); please report it with the traceback above", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":
