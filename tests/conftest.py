@@ -70,3 +70,37 @@ def mnist1d(lab_cache):
     from normlab.lab import data
 
     return data.load("mnist1d")
+
+
+# --- torchvision (and timm, which imports it) on torch's CPU build ----------------------------
+
+
+def import_torchvision():
+    """``import torchvision``, or skip the test when it is not installed.
+
+    torchvision's wheel for this torch is CUDA-linked: on the CPU build its C++ ops do
+    not load, and its import then fails registering fake kernels for two ops that do not
+    exist. Defining their schemas first (tests only) lets the rest of it import; the ops
+    themselves stay unusable, and no test here calls them.
+    """
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("torchvision") is None:
+        pytest.skip("torchvision is not installed (it is in the test extra)")
+    try:
+        import torchvision
+    except RuntimeError as e:
+        if "torchvision::" not in str(e):
+            raise
+        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            del sys.modules[name]
+        library = torch.library.Library("torchvision", "FRAGMENT")
+        for op in ("nms", "qnms"):
+            library.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _LIBRARIES.append(library)  # a Library unregisters its definitions when collected
+        import torchvision
+    return torchvision
+
+
+_LIBRARIES = []

@@ -3,9 +3,12 @@
 import subprocess
 import sys
 import textwrap
+from importlib import metadata
 
+import pytest
 import torch
 from conftest import assert_rel
+from torch import nn
 
 import normlab
 from normlab.cli import main
@@ -168,3 +171,74 @@ def test_doctor(tmp_path, monkeypatch, capsys):
     for code in ("keras-momentum", "bn-after-dropout", "small-batch"):
         assert f"[{code}] " in out, out
     assert "3 finding(s) on a batch of 4 standard-normal samples of shape (6,)" in out
+
+
+def test_checkpoint_wrappers_are_unwrapped(tmp_path, capsys):
+    from normlab.cli import CommandError, load_checkpoint
+
+    trained = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8))
+    normlab.precise_batchnorm(trained, [torch.randn(16, 4) * 2 + 1])
+    state = trained.state_dict()
+    wrapped = {
+        "lightning.pt": {"state_dict": {f"model.{k}": v for k, v in state.items()} | {"loss.weight": torch.ones(1)}, "epoch": 3},
+        "ddp.pt": {f"module.{k}": v for k, v in state.items()},
+        "compiled_ddp.pt": {f"module._orig_mod.{k}": v for k, v in state.items()},
+        "model.pt": {"model": state, "optimizer": {"state": {}}, "epoch": 3},
+        "module.pt": trained,
+        "plain.pt": state,
+    }
+    for name, obj in wrapped.items():
+        torch.save(obj, tmp_path / name)
+        model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8))
+        load_checkpoint(model, str(tmp_path / name))
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()), name
+    notes = capsys.readouterr().err
+    assert "lightning.pt: its 'state_dict' entry, prefix 'model.' removed (1 other entries left out: loss.weight)" in notes
+    assert "ddp.pt: prefix 'module.' removed" in notes and "prefix 'module._orig_mod.' removed" in notes
+    assert "plain.pt" not in notes  # nothing to say
+    torch.save({k: v for k, v in state.items() if "running" not in k}, tmp_path / "partial.pt")
+    with pytest.raises(CommandError, match=r"partial.pt does not fit the model: 2 missing key\(s\) \(1.running_mean, 1.running_var\)"):
+        load_checkpoint(nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8)), str(tmp_path / "partial.pt"))
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    torch_version = metadata.version("torch")  # as installed: torch.__version__ may add a local label (+cpu)
+    assert capsys.readouterr().out.strip() == f"normlab {normlab.__version__} (torch {torch_version}, Python {sys.version.split()[0]})"
+    with pytest.raises(SystemExit) as e:
+        main(["doctor", "--help"])
+    assert e.value.code == 0 and "--batch-size" in capsys.readouterr().out
+
+
+def test_doctor_exit_status(tmp_path, monkeypatch, capsys):
+    (tmp_path / "fold_zoo.py").write_text(FOLD_MODEL)
+    clean = textwrap.dedent(
+        """
+        from torch import nn
+
+        def clean():
+            return nn.Sequential(nn.Linear(6, 6, bias=False), nn.BatchNorm1d(6), nn.ReLU())
+        """
+    )
+    (tmp_path / "clean_zoo.py").write_text(clean)
+    assert in_process(["doctor", "clean_zoo.py:clean", "--input-size", "6"], tmp_path, monkeypatch) == 0
+    assert "0 finding(s) on a batch of 32" in capsys.readouterr().out
+    assert in_process(["doctor", "fold_zoo.py:leaky", "--input-size", "6"], tmp_path, monkeypatch) == 1
+    assert in_process(["doctor", "fold_zoo.py:leaky", "--input-size", "7"], tmp_path, monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("normlab doctor: the model cannot run on") and len(err.strip().splitlines()) == 1
+
+
+def test_a_bug_of_normlabs_is_not_a_finding(tmp_path, monkeypatch, capsys):
+    """Exit status 1 means findings; a crash inside normlab has a status of its own, and its traceback."""
+    (tmp_path / "fold_zoo.py").write_text(FOLD_MODEL)
+
+    def broken_doctor(model, batch):
+        raise AttributeError("'NoneType' object has no attribute 'running_mean'")
+
+    monkeypatch.setattr(normlab.tools, "doctor", broken_doctor)
+    assert in_process(["doctor", "fold_zoo.py:leaky", "--input-size", "6"], tmp_path, monkeypatch) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "AttributeError" in err and "this is a bug in normlab (exit status 3)" in err

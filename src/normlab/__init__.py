@@ -52,6 +52,8 @@ _EXPORTS = {
     "adapt_batchnorm": "normlab.tools",
     "convert": "normlab.tools",
     "doctor": "normlab.tools",
+    "param_groups": "normlab.tools",
+    "create_norm": "normlab.nn",
 }
 _SUBMODULES = {"autograd", "functional", "kernels", "nn", "reference", "tools", "lab"}
 

@@ -129,7 +129,7 @@ def test_cli_errors(tmp_path):
     run = cli("reproduce", "--claims", "faster-flying")
     assert run.returncode == 2 and "unknown claim(s) faster-flying; the claims are: faster-training," in run.stderr
     run = cli("reproduce", "--seeds", "0", "--out", str(tmp_path / "o"))
-    assert run.returncode == 2 and "--seeds must be at least 1" in run.stderr
+    assert run.returncode == 2 and "argument --seeds: expected a positive integer" in run.stderr
 
 
 # --- claims that cannot run on the data are skipped, with their reason -------------------------

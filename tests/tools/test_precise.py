@@ -164,3 +164,26 @@ def test_limits_and_errors(capsys):
     bn = nn.BatchNorm1d(3)
     with pytest.raises(NotImplementedError, match=r"\(model\) \(BatchNorm1d\(3\)\) was called with more than its input"):
         normlab.precise_batchnorm(bn, [torch.randn(4, 3)], forward=lambda m, x: m(x, mask=None))
+
+
+def test_dict_batches_need_forward_and_say_so():
+    model = nn.Sequential(nn.Linear(4, 8), normlab.BatchNorm1d(8))
+    gen = torch.Generator().manual_seed(0)
+    batches = [{"image": torch.randn(16, 4, generator=gen), "label": torch.zeros(16)} for _ in range(2)]
+    with pytest.raises(TypeError, match=r"the model raised TypeError on a batch that is a dict \(keys: image, label\); "
+                       r"pass forward=lambda model, batch: model\(batch\['image'\]\)") as e:
+        normlab.precise_batchnorm(model, batches)
+    assert isinstance(e.value.__cause__, TypeError)  # torch's own error, kept as the cause
+    normlab.precise_batchnorm(model, batches, forward=lambda model, batch: model(batch["image"]))
+    z = model[0](torch.cat([b["image"] for b in batches])).detach()
+    assert torch.allclose(model[1].running_mean, z.mean(0), atol=1e-5)
+
+    class TakesDicts(nn.Module):  # a model that does take the dict as it comes needs no forward=
+        def __init__(self):
+            super().__init__()
+            self.body = model
+
+        def forward(self, batch):
+            return self.body(batch["image"])
+
+    normlab.precise_batchnorm(TakesDicts(), batches)

@@ -11,6 +11,7 @@ from .batchnorm import (
     FrozenBatchNorm,
     GhostBatchNorm,
 )
+from .factory import create_norm
 from .keras import batch_norm_from_keras, from_keras_momentum, to_keras_momentum
 from .norms import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm, RMSNorm
 from .sync import SyncBatchNorm, SyncBatchRenorm, convert_sync_batchnorm
@@ -29,6 +30,7 @@ __all__ = [
     "SyncBatchNorm",
     "SyncBatchRenorm",
     "convert_sync_batchnorm",
+    "create_norm",
     "LayerNorm",
     "GroupNorm",
     "InstanceNorm1d",

@@ -1,9 +1,11 @@
-"""Tools around normalization layers: summary, folding for inference, precise statistics, conversion, the doctor."""
+"""Tools around normalization layers: summary, folding for inference, precise statistics, conversion, the doctor,
+parameter groups for optimizers."""
 
 from .convert import convert, counterparts
 from .doctor import Finding, doctor
 from .freeze import freeze_batchnorm
 from .fold import ChannelAffine, FoldResult, fold_batchnorm
+from .optim import param_groups
 from .precise import adapt_batchnorm, precise_batchnorm
 from .summary import Summary, count_parameters, summary
 
@@ -19,6 +21,7 @@ __all__ = [
     "doctor",
     "fold_batchnorm",
     "freeze_batchnorm",
+    "param_groups",
     "precise_batchnorm",
     "summary",
 ]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -54,6 +55,26 @@ class _Pooled:
         self.mean = self.mean + delta * (n / total)
         self.m2 = self.m2 + m2 + delta.square() * (self.count * n / total)
         self.count = total
+
+
+def forward_hint(batch, forward) -> str | None:
+    """How to pass ``forward=``, when ``batch`` is a dict fed without it (a model does not take one as it comes)."""
+    inputs = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
+    if forward is not None or not isinstance(inputs, Mapping):
+        return None
+    return f"pass forward=lambda model, batch: model(batch[{next(iter(inputs), 'input')!r}]) to say how a batch is fed"
+
+
+def feed(what: str, model: nn.Module, batch, forward=None):
+    """:func:`run_batch`, with a clear error for a dict batch the model cannot take without ``forward=``."""
+    try:
+        return run_batch(model, batch, forward)
+    except Exception as e:
+        hint = forward_hint(batch, forward)
+        if hint is None:
+            raise
+        keys = ", ".join(map(str, batch[0] if isinstance(batch, (list, tuple)) else batch))
+        raise TypeError(f"{what}: the model raised {type(e).__name__} on a batch that is a dict (keys: {keys}); {hint}") from e
 
 
 def _recompute(what, model, batches, num_batches, forward, progress, only_batchnorm_trains) -> nn.Module:
@@ -89,7 +110,7 @@ def _recompute(what, model, batches, num_batches, forward, progress, only_batchn
             else:
                 model.train()
             for batch in progress_bar(itertools.islice(batches, num_batches), total, what, progress):
-                run_batch(model, batch, forward)
+                feed(what, model, batch, forward)
                 seen += 1
     finally:
         for h in handles:
