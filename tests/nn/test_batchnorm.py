@@ -87,14 +87,27 @@ def test_state_dict_moves_both_ways(case, tmp_path):
     assert ours._version == theirs._version
 
 
-def test_checkpoint_from_before_num_batches_tracked():
+@pytest.mark.parametrize("version", [1, None])
+def test_checkpoint_without_num_batches_tracked_keeps_the_count_as_torch_does(version):
+    """torch's own loading (PyTorch's test_batchnorm_load_state_dict): a checkpoint from before
+    num_batches_tracked existed leaves the layer's count, which momentum=None and the batch
+    renormalization schedule read."""
     sd = torch.nn.BatchNorm2d(3).state_dict()
     del sd["num_batches_tracked"]
-    sd._metadata = {"": {"version": 1}}
+    sd._metadata = {"": {} if version is None else {"version": version}}
+    counts = []
+    for layer in (normlab.BatchNorm2d(3), torch.nn.BatchNorm2d(3), normlab.BatchRenorm2d(3)):
+        layer.num_batches_tracked.fill_(7)
+        layer.load_state_dict(sd)
+        counts.append(layer.num_batches_tracked.item())
+    assert counts[0] == counts[1] == counts[2]
     bn = normlab.BatchNorm2d(3)
-    bn.num_batches_tracked.fill_(7)
-    bn.load_state_dict(sd)
-    assert bn.num_batches_tracked.item() == 0
+    bn.num_batches_tracked.fill_(10)
+    ref = torch.nn.BatchNorm2d(3)
+    ref.num_batches_tracked.fill_(10)
+    bn.load_state_dict({"weight": torch.ones(3)}, strict=False)
+    ref.load_state_dict({"weight": torch.ones(3)}, strict=False)
+    assert bn.num_batches_tracked.item() == ref.num_batches_tracked.item()
 
 
 def test_constructor_matches_torch():
