@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .autograd import accumulation_dtype, affine, centered
+from .autograd import accumulation_dtype, affine, centered, mean_square
 
 __all__ = ["ACTIVATIONS", "INVERTIBLE", "DEFAULT_PARAM", "Activation", "activate", "InPlaceABN"]
 
@@ -113,7 +113,7 @@ class InPlaceABN(torch.autograd.Function):
             raise ValueError(f"in-place activated batch norm needs an invertible activation {INVERTIBLE}, got {name!r}")
         dims = (0, *range(2, x.dim()))
         x_c, shift, mean_shifted = centered(x.to(accumulation_dtype(x.dtype)), dims, True)
-        var = x_c.square().mean(dims, keepdim=True)
+        var = mean_square(x_c, dims=dims)
         inv_std = torch.rsqrt(var + eps)
         y = activate(affine(x_c * inv_std, weight, bias), name, param).to(x.dtype)
         ctx.save_for_backward(y, weight, bias, inv_std)

@@ -223,9 +223,10 @@ class _Guard:
 
     def __init__(self, buffers, non_finite: str, num_batches_tracked, who) -> None:
         self.buffers, self.non_finite, self.num_batches_tracked, self.who = buffers, non_finite, num_batches_tracked, who
-        self.on_device = _in_trace(buffers[0]) or (non_finite == "skip" and buffers[0].device.type != "cpu")
-        self.saved = tuple(b.clone() for b in buffers)  # the copies to update, or the old values
-        self.targets = self.saved if self.on_device else buffers
+        self.on_device = (non_finite == "skip" and buffers[0].device.type != "cpu") or _in_trace(buffers[0])
+        # one copy of all of them: the values to update (on the device), or the old ones (on the host)
+        self.saved = torch.stack(buffers) if len(buffers) > 1 else buffers[0].clone()[None]
+        self.targets = self.saved.unbind(0) if self.on_device else buffers
 
     def undo(self) -> None:
         """The operation failed: put the old values back."""
@@ -238,44 +239,49 @@ class _Guard:
         for b, old in zip(self.buffers, values):
             b.data.copy_(old)
 
-    def finish(self, input: torch.Tensor) -> None:
-        """Keep the new values where finite; elsewhere the old ones, then warn or raise as asked."""
+    def finish(self, input: torch.Tensor) -> bool:
+        """Keep the new values where finite; elsewhere the old ones, then warn or raise as asked.
+
+        Returns whether the input was finite but its variance overflowed (found on the host only):
+        the caller's output is then wrong too, and worth computing again where it cannot overflow.
+        """
         if not self.on_device and math.isfinite(float(self.targets[-1].sum())):
             # the common case, at the cost of one sum: the last buffer is the variance where there is one,
             # which a non-finite mean makes non-finite too; a finite sum has finite terms (an overflowing
             # sum of finite terms only takes the careful path below)
-            return
+            return False
         ok = torch.isfinite(self.targets[0])
         for t in self.targets[1:]:
             ok &= torch.isfinite(t)
         if self.on_device:
             with torch.no_grad():
-                for b, new in zip(self.buffers, self.saved):
+                for b, new in zip(self.buffers, self.targets):
                     b.copy_(torch.where(ok, new, b))
-            return
+            return False
         if bool(ok.all()):
-            return
+            return False
         self._restore(self.saved if self.non_finite == "raise" else [torch.where(ok, b, old) for b, old in
                                                                        zip(self.buffers, self.saved)])
+        overflowed = bool(torch.isfinite(input).all())
         if self.non_finite == "skip":
-            return
+            return overflowed
         channels = torch.nonzero(~ok).flatten().tolist()
         shown = ", ".join(map(str, channels[:8])) + (", ..." if len(channels) > 8 else "")
-        if bool(torch.isfinite(input).all()):
+        if overflowed:
             cause = (f"the input is finite, but its variance overflows {input.dtype} (values of magnitude up to "
-                     f"{float(input.detach().abs().amax()):.3g}); scale the input down, or compute in float64")
+                     f"{float(input.detach().abs().amax()):.3g})")
         else:
             cause = "the input holds NaN or Inf"
         if self.non_finite == "warn":
             warnings.warn(f"{label(self.who)}: the batch statistics of channel(s) {shown} are not finite: {cause}. "
                           "Their running statistics were left as they were.", RuntimeWarning, stacklevel=5)
-            return
+            return overflowed
         if self.num_batches_tracked is not None:
             self.num_batches_tracked.sub_(1)
         raise FloatingPointError(
             f"{label(self.who)}: the batch statistics of channel(s) {shown} are not finite: {cause}. The running "
-            "statistics were left as they were. Look for what produced the values upstream, or choose another "
-            f"non_finite policy {NON_FINITE} for the layer."
+            "statistics were left as they were. Look for what produced the values upstream (or scale a huge "
+            f"input down), or choose another non_finite policy {NON_FINITE} for the layer."
         )
 
 
@@ -320,7 +326,7 @@ def _one_step(input, running_mean, running_var, weight, bias, momentum, eps, upd
             taken = stats if stats is not None else Statistics(input, batch_dims(input))
             _, moments = taken.centered(input.to(accumulation_dtype(input.dtype)))
             sigma = torch.sqrt(running_var + eps)
-            r = (torch.sqrt(moments.var.reshape(-1) + eps) / sigma).clamp(1 / rmax, rmax)
+            r = (torch.sqrt(moments.var.reshape(-1) + eps) / sigma).clamp(1 / rmax, rmax).to(sigma.dtype)
             d = (((moments.shift + moments.mean_shifted).reshape(-1) - running_mean) / sigma).clamp(-dmax, dmax)
         weight, bias = affine(r, weight, None), affine(d, weight, bias)
     guard = _Guard((running_mean, running_var), non_finite, num_batches_tracked, who) \
@@ -345,8 +351,14 @@ def _one_step(input, running_mean, running_var, weight, bias, momentum, eps, upd
         if guard is not None:
             guard.undo()
         raise
-    if guard is not None:
-        guard.finish(input)
+    if guard is not None and guard.finish(input) and stats is None:
+        # a finite input whose variance overflowed in the kernel: its output is wrong as well; normlab's
+        # own implementation takes that variance in float64 (the running statistics keep their values)
+        op = "batch_norm" if act is None else act.op
+        if act is None:
+            y = backends.TABLE[op]["normlab"](input, None, None, weight, bias, True, factor, eps)
+        else:
+            y = backends.TABLE[op]["normlab"](input, None, None, weight, bias, True, factor, eps, act)
     return y
 
 
