@@ -62,10 +62,10 @@ def check_layout(who, input, layouts: dict[int, str], channel_dim: int = 1) -> N
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"{functional.label(who)}: expected a torch.Tensor, got {type(input).__name__}")
     if input.dim() not in layouts:
-        expected = " or ".join(f"{r}-D {layout}" for r, layout in layouts.items())
+        expected = " or ".join(f"{r}-D {layout}" for r, layout in layouts.items()) + " input"
         if channel_dim != 1:
             expected += f" with the channels in dim {channel_dim}"
-        raise functional.ShapeError(f"{functional.label(who)}: expected a {expected} input, got a {input.dim()}-D "
+        raise functional.ShapeError(f"{functional.label(who)}: expected a {expected}, got a {input.dim()}-D "
                                     f"input of shape {tuple(input.shape)}")
 
 
@@ -193,7 +193,11 @@ class _BatchNorm(Layer, nn.modules.batchnorm._BatchNorm):
         if isinstance(input, torch.fx.Proxy):
             return fx_leaf(self, input, mask) if act is None else fx_leaf(self, input, act.residual)
         self._check_input_dim(input)
-        x = input if self.channel_dim == 1 else input.movedim(self.channel_dim, 1)
+        x = input
+        if self.channel_dim != 1:  # the channels checked where the caller put them, then moved to dim 1
+            functional.check_tensor(input, self)
+            functional.check_channels(input, self, self.num_features, dim=self.channel_dim)
+            x = input.movedim(self.channel_dim, 1)
         weight, bias = self.weight, self.bias
         if self.frozen_affine:
             weight = None if weight is None else weight.detach()
