@@ -224,9 +224,11 @@ class _Guard:
     def __init__(self, buffers, non_finite: str, num_batches_tracked, who) -> None:
         self.buffers, self.non_finite, self.num_batches_tracked, self.who = buffers, non_finite, num_batches_tracked, who
         self.on_device = (non_finite == "skip" and buffers[0].device.type != "cpu") or _in_trace(buffers[0])
-        # one copy of all of them: the values to update (on the device), or the old ones (on the host)
-        self.saved = torch.stack(buffers) if len(buffers) > 1 else buffers[0].clone()[None]
-        self.targets = self.saved.unbind(0) if self.on_device else buffers
+        if self.on_device:  # copies for the operation to update
+            self.saved = self.targets = tuple(b.clone() for b in buffers)
+        else:  # the old values, in one copy of all of them
+            self.saved = torch.stack(buffers) if len(buffers) > 1 else buffers[0].clone()[None]
+            self.targets = buffers
 
     def undo(self) -> None:
         """The operation failed: put the old values back."""

@@ -139,3 +139,28 @@ def test_unknown_backend():
 def test_variants_name_themselves(layer, x, message):
     with pytest.raises(ValueError, match=message):
         layer(x)
+
+
+def test_warn_mode_composes_with_amp_grad_scaler_skipping_a_step():
+    """An overflowing step under AMP: the GradScaler skips the optimizer step, the batch norm keeps its
+    running statistics and warns; training goes on from the same state as if the step never came."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), normlab.BatchNorm1d(3, non_finite="warn"))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    good = torch.randn(8, 4)
+    bad = good.clone()
+    bad[0, 0] = float("inf")  # what an overflow upstream gives
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.warns(RuntimeWarning, match=r"BatchNorm1d\(3\): the batch statistics of channel\(s\) 0, 1, 2 are not finite"):
+        loss = model(bad).square().mean()
+    scaler.scale(loss).backward()
+    scaler.step(opt)  # skipped: the gradients are not finite
+    scaler.update()
+    opt.zero_grad()
+    assert scaler.get_scale() < 2.0**16
+    for k, v in model.state_dict().items():
+        if k != "1.num_batches_tracked":  # the step counts, as torch's batch norm counts it
+            assert torch.equal(v, state[k]), k
+    model(good).square().mean().backward()
+    assert torch.isfinite(model[1].running_var).all()
