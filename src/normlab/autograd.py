@@ -72,7 +72,8 @@ def mean_square(t: torch.Tensor, mean=None, dims=None) -> torch.Tensor:
     float64 pass runs only then; in a trace (torch.compile, export, jit.trace, vmap) both are computed
     and ``torch.where`` picks, since a trace cannot branch on values.
     """
-    mean = mean or (lambda u: u.mean(dims, keepdim=True))
+    if mean is None:
+        mean = lambda u: u.mean(dims, keepdim=True)  # noqa: E731
     ms = mean(t.square())
     if t.dtype == torch.float64:
         return ms

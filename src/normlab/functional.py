@@ -255,10 +255,9 @@ class _Guard:
         ok = torch.isfinite(self.targets[0])
         for t in self.targets[1:]:
             ok &= torch.isfinite(t)
-        if self.on_device:
-            with torch.no_grad():
-                for b, new in zip(self.buffers, self.targets):
-                    b.copy_(torch.where(ok, new, b))
+        if self.on_device:  # (no torch.no_grad() here: nothing needs grad, and torch 2.4's export trips on it)
+            for b, new in zip(self.buffers, self.targets):
+                b.copy_(torch.where(ok, new, b))
             return False
         if bool(ok.all()):
             return False
@@ -324,12 +323,13 @@ def _one_step(input, running_mean, running_var, weight, bias, momentum, eps, upd
     moments = None
     if limits is not None:  # batch renormalization: r and d become the weight and bias of a batch norm
         rmax, dmax = limits
-        with torch.no_grad():
-            taken = stats if stats is not None else Statistics(input, batch_dims(input))
-            _, moments = taken.centered(input.to(accumulation_dtype(input.dtype)))
-            sigma = torch.sqrt(running_var + eps)
-            r = (torch.sqrt(moments.var.reshape(-1) + eps) / sigma).clamp(1 / rmax, rmax).to(sigma.dtype)
-            d = (((moments.shift + moments.mean_shifted).reshape(-1) - running_mean) / sigma).clamp(-dmax, dmax)
+        # r and d are constants in the backward pass: taken from the detached input (not under
+        # torch.no_grad(), which torch 2.4's export mishandles)
+        taken = stats if stats is not None else Statistics(input, batch_dims(input))
+        _, moments = taken.centered(input.detach().to(accumulation_dtype(input.dtype)))
+        sigma = torch.sqrt(running_var + eps)
+        r = (torch.sqrt(moments.var.reshape(-1) + eps) / sigma).clamp(1 / rmax, rmax).to(sigma.dtype)
+        d = (((moments.shift + moments.mean_shifted).reshape(-1) - running_mean) / sigma).clamp(-dmax, dmax)
         weight, bias = affine(r, weight, None), affine(d, weight, bias)
     guard = _Guard((running_mean, running_var), non_finite, num_batches_tracked, who) \
         if update and non_finite != "propagate" else None

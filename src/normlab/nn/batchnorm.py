@@ -57,8 +57,12 @@ ANY_LAYOUT = {**LAYOUTS_1D, **LAYOUTS_2D, **LAYOUTS_3D}
 FREEZE_MODES = {"statistics": (True, False), "affine": (False, True), "both": (True, True)}
 
 
-def check_layout(who, input, layouts: dict[int, str], channel_dim: int = 1) -> None:
-    """Raise a clear ValueError (torch's type for a wrong rank) unless ``input`` has a rank in ``layouts``."""
+def check_layout(who, input, channel_dim: int = 1) -> None:
+    """Raise a clear ValueError (torch's type for a wrong rank) unless ``input`` has a rank in the layer
+    ``who``'s ``_layouts`` (its class attribute: rank -> layout, for the message)."""
+    if torch.compiler.is_compiling():  # eager checks only: torch 2.4's dynamo cannot read a dict that is a
+        return                          # class attribute, and a trace guards on the shapes it saw anyway
+    layouts = type(who)._layouts
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"{functional.label(who)}: expected a torch.Tensor, got {type(input).__name__}")
     if input.dim() not in layouts:
@@ -177,7 +181,7 @@ class _BatchNorm(Layer, nn.modules.batchnorm._BatchNorm):
     # --- forward --------------------------------------------------------------------------
 
     def _check_input_dim(self, input) -> None:
-        check_layout(self, input, type(self)._layouts, self.channel_dim)
+        check_layout(self, input, self.channel_dim)
 
     def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         if torch.jit.is_scripting():
@@ -720,7 +724,7 @@ class FrozenBatchNorm(Layer, nn.Module):
     def _forward(self, input: Tensor) -> Tensor:
         if isinstance(input, torch.fx.Proxy):
             return fx_leaf(self, input)
-        check_layout(self, input, self._layouts)
+        check_layout(self, input)
         return functional.batch_norm_inference(input, self.running_mean, self.running_var, self.weight, self.bias,
                                                self.eps, self._act(), who=self, channels=self.num_features)
 

@@ -239,7 +239,7 @@ class _InstanceNorm(Layer, nn.modules.instancenorm._InstanceNorm):
             nn.init.zeros_(self.bias)
 
     def _check_input_dim(self, input) -> None:
-        check_layout(self, input, type(self)._layouts)
+        check_layout(self, input)
 
     def forward(self, input: Tensor) -> Tensor:
         if torch.jit.is_scripting():

@@ -257,7 +257,7 @@ class MeanOnlyBatchNorm(Layer, nn.modules.batchnorm._BatchNorm):
             nn.init.zeros_(self.bias)
 
     def _check_input_dim(self, input) -> None:
-        check_layout(self, input, self._layouts)
+        check_layout(self, input)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if isinstance(input, torch.fx.Proxy):
