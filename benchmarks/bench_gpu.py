@@ -128,8 +128,7 @@ def normlab_bn(C: int, rank: int, device, **act):
     import normlab
 
     layer = normlab.BatchNormAct(C, **act) if act else (normlab.BatchNorm1d if rank == 2 else normlab.BatchNorm2d)(C)
-    layer.check_finite = False  # its look at the running statistics waits for the device every call
-    return layer.to(device)
+    return layer.to(device)  # its guard on the running statistics (non_finite="skip") stays on the device
 
 
 def measure(case: Case, dtype, train: bool, device, compile_: bool) -> dict[str, float]:

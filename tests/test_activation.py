@@ -119,7 +119,7 @@ def test_inplace_abn_refuses_what_it_cannot_invert():
         NF.batch_norm_act(x, None, None, training=True, activation="elu", residual=x, inplace_abn=True)
     with pytest.raises(ValueError, match="unknown activation 'gelu'"):
         NF.batch_norm_act(x, None, None, training=True, activation="gelu")
-    with pytest.raises(ValueError, match=r"residual must have the input's shape \(4, 3\), got \(4, 1\)"):
+    with pytest.raises(ValueError, match=r"expected a residual of the input's shape \(4, 3\), got \(4, 1\)"):
         NF.batch_norm_act(x, None, None, training=True, residual=x[:, :1])
     y = InPlaceABN.apply(x.requires_grad_(), None, None, 1e-5, "identity", 0.0)[0]
     with pytest.raises(RuntimeError, match="once_differentiable|twice"):

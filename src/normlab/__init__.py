@@ -43,9 +43,9 @@ _EXPORTS = {
     "convert_sync_batchnorm": "normlab.nn",
     "freeze_batchnorm": "normlab.tools",
     "BatchNormAct": "normlab.nn",
-    "get_backend": "normlab.kernels",
-    "set_backend": "normlab.kernels",
-    "use_backend": "normlab.kernels",
+    "get_backend": "normlab.backends",
+    "set_backend": "normlab.backends",
+    "use_backend": "normlab.backends",
     "summary": "normlab.tools",
     "fold_batchnorm": "normlab.tools",
     "precise_batchnorm": "normlab.tools",
@@ -55,7 +55,7 @@ _EXPORTS = {
     "param_groups": "normlab.tools",
     "create_norm": "normlab.nn",
 }
-_SUBMODULES = {"autograd", "functional", "kernels", "nn", "reference", "tools", "lab"}
+_SUBMODULES = {"autograd", "backends", "functional", "kernels", "nn", "reference", "tools", "lab"}
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES])
 

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from .autograd import accumulation_dtype, affine, centered
+from .autograd import accumulation_dtype, affine, centered, mean_square
 
 __all__ = ["ACTIVATIONS", "INVERTIBLE", "DEFAULT_PARAM", "Activation", "activate", "InPlaceABN"]
 
@@ -52,7 +53,7 @@ def activate(z: torch.Tensor, name: str, param: float = 0.0) -> torch.Tensor:
 class Activation:
     """What follows batch norm in :class:`normlab.nn.BatchNormAct`: ``act(y + residual)``.
 
-    The batch-norm step (:func:`normlab.functional.batch_normalize` and
+    The batch-norm step (:func:`normlab.functional.batch_norm_train` and
     :func:`normlab.functional.batch_norm_inference`) takes it as an epilogue, so that a
     backend can fuse it (the Triton kernels do). With ``inplace_abn`` the step is
     in-place activated batch norm: its scale is ``|weight| + eps`` and, in training, only
@@ -66,7 +67,7 @@ class Activation:
 
     @property
     def op(self) -> str:
-        """The operation's name for :func:`normlab.kernels.choose`."""
+        """The operation's name in the backend table (:mod:`normlab.backends`)."""
         return "inplace_abn" if self.inplace_abn else "batch_norm_act"
 
     def scale(self, weight, eps: float):
@@ -75,6 +76,13 @@ class Activation:
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
         return activate(y if self.residual is None else y + self.residual, self.name, self.param)
+
+    def module(self) -> nn.Module:
+        """The activation as torch's module (``nn.ReLU()``, ``nn.LeakyReLU(slope)``, ...; ``nn.Identity()``)."""
+        return {
+            "identity": nn.Identity, "relu": nn.ReLU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid,
+            "leaky_relu": lambda: nn.LeakyReLU(self.param), "elu": lambda: nn.ELU(self.param),
+        }[self.name]()
 
 
 def _invert(y: torch.Tensor, name: str, param: float):
@@ -105,7 +113,7 @@ class InPlaceABN(torch.autograd.Function):
             raise ValueError(f"in-place activated batch norm needs an invertible activation {INVERTIBLE}, got {name!r}")
         dims = (0, *range(2, x.dim()))
         x_c, shift, mean_shifted = centered(x.to(accumulation_dtype(x.dtype)), dims, True)
-        var = x_c.square().mean(dims, keepdim=True)
+        var = mean_square(x_c, dims=dims)
         inv_std = torch.rsqrt(var + eps)
         y = activate(affine(x_c * inv_std, weight, bias), name, param).to(x.dtype)
         ctx.save_for_backward(y, weight, bias, inv_std)

@@ -65,6 +65,25 @@ def centered(x: torch.Tensor, dims, center: bool):
     return (x_c, moments.shift, moments.mean_shifted) if center else (x, None, None)
 
 
+def mean_square(t: torch.Tensor, mean=None, dims=None) -> torch.Tensor:
+    """``mean(t^2)`` over ``dims`` (or with the function ``mean``), recomputed in float64 where it overflows.
+
+    In eager mode the overflow is looked for on the host (one sum of the per-group values), and the
+    float64 pass runs only then; in a trace (torch.compile, export, jit.trace, vmap) both are computed
+    and ``torch.where`` picks, since a trace cannot branch on values.
+    """
+    if mean is None:
+        mean = lambda u: u.mean(dims, keepdim=True)  # noqa: E731
+    ms = mean(t.square())
+    if t.dtype == torch.float64:
+        return ms
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._functorch.is_batchedtensor(t):
+        return torch.where(torch.isinf(ms), mean(t.double().square()), ms)
+    if math.isinf(float(ms.sum())):
+        return mean(t.double().square())
+    return ms
+
+
 class Moments(NamedTuple):
     """The statistics of each group, in the form the normalization uses (keepdim tensors).
 
@@ -134,12 +153,18 @@ class Statistics:
         """``(x - mean, moments)``; differentiable in x where :attr:`differentiable`."""
         if not center:
             zero = x.new_zeros(())
-            return self._combine(x, Moments(zero, zero, self._mean(x.square()), self.local_count))
+            return self._combine(x, Moments(zero, zero, self.mean_square(x), self.local_count))
         shift = self._shift(x.detach())
         shifted = x - shift
         mean_shifted = self._mean(shifted)
         x_c = shifted - mean_shifted
-        return self._combine(x_c, Moments(shift, mean_shifted, self._mean(x_c.square()), self.local_count))
+        return self._combine(x_c, Moments(shift, mean_shifted, self.mean_square(x_c), self.local_count))
+
+    def mean_square(self, t: torch.Tensor) -> torch.Tensor:
+        """``mean(t^2)`` over each group; in float64 where the input's type overflows (values beyond about
+        1.8e19 in float32), so that a huge but finite input still normalizes (its statistics then are
+        float64 tensors, one value per group)."""
+        return mean_square(t, self._mean)
 
     def _combine(self, x_c: torch.Tensor, local: Moments) -> tuple[torch.Tensor, Moments]:
         """Turn this tensor's moments into the moments the statistics are taken over."""

@@ -1,67 +1,193 @@
-"""Functional API: the normalizations as functions, with torch.nn.functional's signatures.
+"""The normalizations as functions, and the one engine behind every normlab layer.
 
-Each function asks :func:`normlab.kernels.choose` which backend runs it and otherwise
-runs normlab's own implementation, :class:`normlab.autograd.Normalize` (or, for
-mean-only batch norm and weight norm, which do not divide by a standard deviation,
-a few differentiable torch operations). Checks that guard against a silent wrong
-answer run before the choice, so that both backends refuse the same inputs.
+The public functions have ``torch.nn.functional``'s signatures (``batch_norm``,
+``layer_norm``, ``group_norm``, ``instance_norm``, ``rms_norm``) or follow them
+(``batch_renorm``, ``ghost_batch_norm``, ``batch_norm_act``, ``mean_only_batch_norm``,
+``weight_norm``). Each checks its arguments once, with the caller's name in the messages
+(a function's own name, or the layer that calls it), then runs the implementation
+:func:`normlab.backends.implementation` picks.
 
-The batch-norm family shares one training step, :func:`batch_normalize`: given how
-the batch statistics are taken (a :class:`normlab.autograd.Statistics`: over the
-batch, over its unpadded positions, or across processes), it normalizes, applies
-batch renormalization's correction when asked, and updates the running statistics.
+The batch-norm family shares one training step, :func:`batch_norm_train`: it counts the
+batch, turns ``momentum=None`` into the cumulative average, applies batch
+renormalization's correction when given its limits, takes masked or synchronized
+statistics through a :class:`normlab.autograd.Statistics`, splits ghost batches, applies
+an activation (``BatchNormAct``), and guards the running statistics against non-finite
+batch statistics (:data:`NON_FINITE`). Intent travels as named arguments (``update``,
+``limits``), never as special values of ``momentum`` or of the limits.
 
-:func:`batch_norm_act` is batch norm followed by an activation (after an optional residual
-add): the same step with an epilogue, fused into one kernel on the Triton backend, or
-in-place activated batch norm (:class:`normlab.activation.InPlaceABN`).
+Checks look at types, shapes and dtypes only, never at tensor values, so that the same
+code traces (torch.fx, torch.jit.trace, torch.export, torch.compile); the guard's
+host-side reads happen only in eager mode.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import torch
-import torch.nn.functional as F
 
-from . import kernels
-from .activation import ACTIVATIONS, DEFAULT_PARAM, INVERTIBLE, Activation, InPlaceABN
-from .autograd import Normalize, Statistics, accumulation_dtype, affine, centered
+from . import backends
+from .activation import ACTIVATIONS, DEFAULT_PARAM, INVERTIBLE, Activation
+from .autograd import Statistics, accumulation_dtype, affine
+from .backends.normlab import norm_except_dim, per_channel, update_running_stats
 
 __all__ = [
+    "NON_FINITE",
+    "ONE_VALUE_POLICIES",
+    "DtypeError",
+    "ShapeError",
     "batch_norm",
     "batch_norm_act",
     "batch_norm_inference",
-    "batch_normalize",
+    "batch_norm_train",
     "batch_renorm",
     "ghost_batch_norm",
-    "update_running_stats",
-    "layer_norm",
     "group_norm",
     "instance_norm",
-    "rms_norm",
+    "layer_norm",
     "mean_only_batch_norm",
+    "norm_except_dim",
+    "rms_norm",
+    "update_running_stats",
     "weight_norm",
 ]
 
+# What a training step does when the batch statistics of a channel come out NaN or infinite
+# (the input holds NaN or Inf, or its variance overflows):
+#   "skip"       that channel's running statistics keep their values; decided on the device,
+#                no synchronization, the same in eager mode and under torch.compile / export
+#   "warn"       as "skip", and a RuntimeWarning names the layer and the channels (reads the
+#                device: on a GPU one synchronization per training step)
+#   "raise"      FloatingPointError naming the layer and the channels; the running statistics
+#                and num_batches_tracked stay as they were (reads the device, as "warn")
+#   "propagate"  torch's behaviour: the values enter the running statistics
+NON_FINITE = ("skip", "warn", "raise", "propagate")
 
-def _per_channel(v: torch.Tensor | None, ndim: int) -> torch.Tensor | None:
-    """View a per-channel vector so it broadcasts along dim 1 of an ``ndim`` input."""
-    return None if v is None else v.view(1, -1, *[1] * (ndim - 2))
+# What a training batch with a single value per channel does (its batch statistics are undefined):
+#   "raise"          a clear error
+#   "running_stats"  it is normalized with the running statistics, which are left as they were
+#   "skip_update"    it is normalized with its own statistics (so the output is the bias) and the
+#                    running statistics are left as they were
+ONE_VALUE_POLICIES = ("raise", "running_stats", "skip_update")
 
 
-def update_running_stats(running_mean, running_var, mean, var, count: int, momentum: float) -> None:
-    """``running = (1 - momentum) * running + momentum * batch``, in place.
+class ShapeError(ValueError, RuntimeError):
+    """An input, parameter or checkpoint of the wrong shape; a RuntimeError too, as torch's own
+    error for the same mistake is, so that ``except RuntimeError`` catches it."""
 
-    ``var`` is the biased batch variance over ``count`` values; the running variance
-    receives the unbiased ``var * count / (count - 1)``.
+
+class DtypeError(TypeError, RuntimeError):
+    """An input or parameter of the wrong dtype; a RuntimeError too, as torch's own error is."""
+
+
+def label(who) -> str:
+    """The name in messages: ``who`` itself, or the name of the layer ``who``."""
+    return who if isinstance(who, str) else who._name
+
+
+# --- checks: types, shapes and dtypes, never values ------------------------------------------
+
+
+def check_tensor(input, who) -> None:
+    """Raise unless ``input`` is a floating-point tensor."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{label(who)}: expected a torch.Tensor, got {type(input).__name__}")
+    if not input.is_floating_point():
+        raise DtypeError(
+            f"{label(who)}: expected a floating-point input (float16, bfloat16, float32 or float64), "
+            f"got {input.dtype}; convert it first, e.g. x.float()"
+        )
+
+
+def check_dtypes(input: torch.Tensor, who, **tensors) -> None:
+    """Raise unless each of ``tensors`` (None skipped) has the input's dtype, or float32 for a
+    16-bit input: what torch's kernels accept, so that every backend refuses the same."""
+    for name, t in tensors.items():
+        if t is not None and t.dtype != input.dtype and not (
+            t.dtype == torch.float32 and input.dtype in (torch.float16, torch.bfloat16)
+        ):
+            raise DtypeError(
+                f"{label(who)}: the input is {input.dtype} but {name} is {t.dtype}; give both one dtype "
+                f"(e.g. layer.to({input.dtype}) or x.to({t.dtype}))"
+            )
+
+
+def check_channels(input: torch.Tensor, who, channels: int | None, dim: int = 1, **per_channel_tensors) -> None:
+    """Raise unless dim ``dim`` of ``input`` holds ``channels`` channels (when given) and each
+    per-channel tensor one value per channel."""
+    got = input.shape[dim]
+    if channels is not None and got != channels:
+        raise ShapeError(
+            f"{label(who)}: expected {channels} channels in dim {dim} of the input, got {got} "
+            f"(input shape {tuple(input.shape)})"
+        )
+    for name, t in per_channel_tensors.items():
+        if t is not None and t.numel() != got:
+            raise ShapeError(
+                f"{label(who)}: {name} holds {t.numel()} values, but the input has {got} channels in dim {dim} "
+                f"(input shape {tuple(input.shape)})"
+            )
+
+
+def check_batch(input, who, channels: int | None, weight, bias, running_mean, running_var) -> None:
+    """The checks of a batch-norm input and its per-channel tensors, in one pass: a floating-point
+    tensor of rank 2 or more, ``channels`` channels in dim 1 (when given), one value per channel in
+    each per-channel tensor, and their dtypes (:func:`check_dtypes`). Each failure has its message."""
+    if not isinstance(input, torch.Tensor) or not input.is_floating_point():
+        check_tensor(input, who)
+    if input.dim() < 2:
+        raise ShapeError(f"{label(who)}: expected an input of shape (N, C, *), got a {input.dim()}-D input "
+                         f"of shape {tuple(input.shape)}")
+    c, dtype = input.shape[1], input.dtype
+    fine = channels is None or c == channels
+    for t in (weight, bias, running_mean, running_var):
+        fine = fine and (t is None or (t.numel() == c and t.dtype == dtype))
+    if not fine:  # the detailed checks say what is wrong (or find a 16-bit input with float32 statistics)
+        check_channels(input, who, channels, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+        check_dtypes(input, who, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+
+
+def batch_mask(input: torch.Tensor, mask: torch.Tensor | None, who) -> torch.Tensor | None:
+    """Check a padding mask for ``input`` and view it as ``(N, 1, *spatial)``; None stays None.
+
+    ``mask`` is a bool tensor shaped like the input without its channel axis (``(N, L)``
+    for an ``(N, C, L)`` sequence batch), True where a value is real, False where padded.
     """
-    with torch.no_grad():
-        if running_mean is not None:
-            running_mean.lerp_(mean.reshape(-1).to(running_mean.dtype), momentum)
-        if running_var is not None:
-            unbiased = var.reshape(-1) * (count / max(count - 1, 1))
-            running_var.lerp_(unbiased.to(running_var.dtype), momentum)
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise DtypeError(f"{label(who)}: expected a bool mask (True where a value is real), got {got}; e.g. mask.bool()")
+    expected = (input.shape[0], *input.shape[2:])
+    if tuple(mask.shape) != expected:
+        raise ShapeError(
+            f"{label(who)}: expected a mask of shape {expected} (the input's shape without its channel "
+            f"axis), got {tuple(mask.shape)} for an input of shape {tuple(input.shape)}"
+        )
+    if mask.device != input.device:
+        raise ValueError(f"{label(who)}: the mask is on {mask.device}, the input on {input.device}")
+    return mask.unsqueeze(1)
+
+
+def check_eps(eps, who, allow_zero: bool = True) -> None:
+    """Raise unless ``eps`` is a finite number >= 0 (> 0 where a zero variance would divide by 0)."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0 or (
+        not allow_zero and eps == 0
+    ):
+        raise ValueError(f"{label(who)}: eps must be a finite number {'>=' if allow_zero else '>'} 0, got {eps!r}")
+
+
+def check_momentum(momentum, who) -> None:
+    """Raise unless ``momentum`` is None or a finite number (torch accepts any; see the layers)."""
+    if momentum is not None and (
+        isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not math.isfinite(momentum)
+    ):
+        raise ValueError(
+            f"{label(who)}: momentum is the weight of the new batch in the running averages, a finite number "
+            f"(or None for the cumulative average); got {momentum!r}"
+        )
 
 
 def values_per_channel(input: torch.Tensor) -> int:
@@ -74,87 +200,253 @@ def batch_dims(input: torch.Tensor) -> tuple[int, ...]:
     return (0, *range(2, input.dim()))
 
 
-def batch_mask(input: torch.Tensor, mask: torch.Tensor | None, name: str) -> torch.Tensor | None:
-    """Check a padding mask for ``input`` and view it as ``(N, 1, *spatial)``; None stays None.
+# --- batch norm: the engine ------------------------------------------------------------------
 
-    ``mask`` is a bool tensor shaped like the input without its channel axis (``(N, L)``
-    for an ``(N, C, L)`` sequence batch), True where a value is real, False where padded.
+
+def _in_trace(t: torch.Tensor | None = None) -> bool:
+    """Whether this runs where tensor values cannot be read on the host: a trace (torch.compile,
+    torch.export, torch.jit.trace) or, for ``t``, under torch.func.vmap."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or (
+        t is not None and torch._C._functorch.is_batchedtensor(t))
+
+
+class _Guard:
+    """The guard on running statistics around one update (see :data:`NON_FINITE`).
+
+    ``buffers`` are the running statistics the update writes; :attr:`targets` are what to
+    give the operation instead. Decided on the host (eager, CPU, or a mode that reads the
+    device anyway), the operation updates the buffers in place, as torch's kernels do, and
+    the rare bad channels get their old values back. Decided on the device (a GPU with
+    ``"skip"``, or a trace), the operation updates copies, which then go into the buffers
+    where they are finite: no synchronization and no data-dependent control flow.
     """
-    if mask is None:
-        return None
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise TypeError(f"{name}: expected a bool mask (True where a value is real), got {got}; e.g. mask.bool()")
-    expected = (input.shape[0], *input.shape[2:])
-    if tuple(mask.shape) != expected:
-        raise ValueError(
-            f"{name}: expected a mask of shape {expected} (the input's shape without its channel "
-            f"axis), got {tuple(mask.shape)} for an input of shape {tuple(input.shape)}"
+
+    def __init__(self, buffers, non_finite: str, num_batches_tracked, who) -> None:
+        self.buffers, self.non_finite, self.num_batches_tracked, self.who = buffers, non_finite, num_batches_tracked, who
+        self.on_device = (non_finite == "skip" and buffers[0].device.type != "cpu") or _in_trace(buffers[0])
+        if self.on_device:  # copies for the operation to update
+            self.saved = self.targets = tuple(b.clone() for b in buffers)
+        else:  # the old values, in one copy of all of them
+            self.saved = torch.stack(buffers) if len(buffers) > 1 else buffers[0].clone()[None]
+            self.targets = buffers
+
+    def undo(self) -> None:
+        """The operation failed: put the old values back."""
+        if not self.on_device:
+            self._restore(self.saved)
+
+    def _restore(self, values) -> None:
+        # .data: torch's kernel saved the buffers for its backward (unused in training); giving them back
+        # their old values must not read as a modification of what it saved
+        for b, old in zip(self.buffers, values):
+            b.data.copy_(old)
+
+    def finish(self, input: torch.Tensor) -> bool:
+        """Keep the new values where finite; elsewhere the old ones, then warn or raise as asked.
+
+        Returns whether the input was finite but its variance overflowed (found on the host only):
+        the caller's output is then wrong too, and worth computing again where it cannot overflow.
+        """
+        if not self.on_device and math.isfinite(float(self.targets[-1].sum())):
+            # the common case, at the cost of one sum: the last buffer is the variance where there is one,
+            # which a non-finite mean makes non-finite too; a finite sum has finite terms (an overflowing
+            # sum of finite terms only takes the careful path below)
+            return False
+        ok = torch.isfinite(self.targets[0])
+        for t in self.targets[1:]:
+            ok &= torch.isfinite(t)
+        if self.on_device:  # (no torch.no_grad() here: nothing needs grad, and torch 2.4's export trips on it)
+            for b, new in zip(self.buffers, self.targets):
+                b.copy_(torch.where(ok, new, b))
+            return False
+        if bool(ok.all()):
+            return False
+        self._restore(self.saved if self.non_finite == "raise" else [torch.where(ok, b, old) for b, old in
+                                                                       zip(self.buffers, self.saved)])
+        overflowed = bool(torch.isfinite(input).all())
+        if self.non_finite == "skip":
+            return overflowed
+        channels = torch.nonzero(~ok).flatten().tolist()
+        shown = ", ".join(map(str, channels[:8])) + (", ..." if len(channels) > 8 else "")
+        if overflowed:
+            cause = (f"the input is finite, but its variance overflows {input.dtype} (values of magnitude up to "
+                     f"{float(input.detach().abs().amax()):.3g})")
+        else:
+            cause = "the input holds NaN or Inf"
+        if self.non_finite == "warn":
+            warnings.warn(f"{label(self.who)}: the batch statistics of channel(s) {shown} are not finite: {cause}. "
+                          "Their running statistics were left as they were.", RuntimeWarning, stacklevel=5)
+            return overflowed
+        if self.num_batches_tracked is not None:
+            self.num_batches_tracked.sub_(1)
+        raise FloatingPointError(
+            f"{label(self.who)}: the batch statistics of channel(s) {shown} are not finite: {cause}. The running "
+            "statistics were left as they were. Look for what produced the values upstream (or scale a huge "
+            f"input down), or choose another non_finite policy {NON_FINITE} for the layer."
         )
-    if mask.device != input.device:
-        raise ValueError(f"{name}: the mask is on {mask.device}, the input on {input.device}")
-    return mask.unsqueeze(1)
 
 
-def too_few_values(statistics: Statistics, input: torch.Tensor) -> bool:
-    """Whether a training batch gives fewer than two values per channel (an empty batch does not count)."""
-    return statistics.count == 1 or (statistics.count == 0 and input.numel() > 0)
-
-
-def _refuse_too_few_values(statistics: Statistics, input: torch.Tensor, name: str) -> None:
-    if too_few_values(statistics, input):
-        where = "" if statistics.mask is None else f" and {statistics.count} unmasked value(s) per channel"
-        raise ValueError(
-            f"{name}: training needs more than one value per channel to compute batch "
-            f"statistics, got an input of shape {tuple(input.shape)}{where}"
-        )
-
-
-def _check_eps(eps: float, training: bool, name: str) -> None:
-    """eps may be 0 only when the statistics are given (inference): a batch's variance can be 0."""
-    if eps < 0 or (training and eps == 0):
-        raise ValueError(f"{name}: eps must be positive, got {eps}")
-
-
-def _backend(input: torch.Tensor, act: Activation | None) -> str:
-    """Which backend runs a batch-norm step, followed by ``act`` if given.
-
-    A fused operation goes to Triton when that is chosen for it; in-place ABN otherwise
-    runs normlab's :class:`InPlaceABN`; batch norm + activation otherwise runs whatever
-    runs batch norm, then the activation.
-    """
-    if act is not None:
-        fused = kernels.choose(act.op, input)
-        if fused == "triton" or act.inplace_abn:
-            return fused
-    return kernels.choose("batch_norm", input)
-
-
-def _triton(input, running_mean, running_var, weight, bias, training, momentum, eps, act) -> torch.Tensor:
-    """The Triton kernels (``normlab.kernels.triton_ops``), for the steps that chose them."""
-    from .kernels import triton_ops
-
-    act = act or Activation()
-    return triton_ops.batch_norm_act(input, weight, bias, act.residual, running_mean, running_var, training,
-                                     momentum, eps, act.name, act.param, act.inplace_abn)
-
-
-def batch_norm_inference(input, mean, var, weight, bias, eps, act: Activation | None = None) -> torch.Tensor:
-    """``weight * (x - mean) / sqrt(var + eps) + bias`` with given per-channel statistics, then ``act``."""
-    if mean is None or var is None:
-        raise ValueError("batch_norm: evaluation needs running_mean and running_var")
-    weight = weight if act is None else act.scale(weight, eps)
-    backend = _backend(input, act)
-    if backend == "triton":
-        return _triton(input, mean, var, weight, bias, False, 0.0, eps, act)
-    if backend == "native":
-        y = F.batch_norm(input, mean, var, weight, bias, False, 0.0, eps)
+def _one_step(input, running_mean, running_var, weight, bias, momentum, eps, update, num_batches_tracked, mask,
+              limits, act, statistics, one_value, non_finite, who):
+    """The training step of one batch (or one ghost batch); see :func:`batch_norm_train`."""
+    if mask is None and statistics is Statistics:
+        stats, count = None, values_per_channel(input)
     else:
-        ndim = input.dim()
-        x = input.to(accumulation_dtype(input.dtype))
-        x_hat = (x - _per_channel(mean, ndim)) * _per_channel(torch.rsqrt(var + eps), ndim)
-        y = affine(x_hat, _per_channel(weight, ndim), _per_channel(bias, ndim)).to(input.dtype)
-    return y if act is None else act(y)
+        stats = statistics(input, batch_dims(input), mask)
+        count = stats.count
+    if count == 1 or (count == 0 and input.numel() > 0):
+        if one_value == "raise":
+            where = "" if mask is None else f" and {count} unmasked value(s) per channel"
+            raise ValueError(
+                f"{label(who)}: training needs more than one value per channel to compute batch statistics, got "
+                f"an input of shape {tuple(input.shape)}{where}. Use a batch of at least 2 samples, or call .eval() "
+                "to normalize with the running statistics (or choose another one_value_per_channel policy)."
+            )
+        if one_value == "running_stats":
+            return batch_norm_inference(input, running_mean, running_var, weight, bias, eps, act, who=who, checked=True)
+        update = False  # "skip_update"
+        if stats is None:  # torch's kernels refuse one value; normlab's own normalizes it to 0
+            stats = Statistics(input, batch_dims(input))
+    if act is not None:
+        weight = act.scale(weight, eps)
+    update = update and running_mean is not None and running_var is not None
+    if count == 0:  # an empty batch: no statistics, the running ones left alone; counted, as torch does
+        if update and num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+        y = affine(input, per_channel(weight, input.dim()), per_channel(bias, input.dim()))
+        return y if act is None else act(y)
+    factor = 0.0
+    if update and num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+    if update:
+        factor = momentum if momentum is not None else 1.0 / float(num_batches_tracked)
+    moments = None
+    if limits is not None:  # batch renormalization: r and d become the weight and bias of a batch norm
+        rmax, dmax = limits
+        # r and d are constants in the backward pass: taken from the detached input (not under
+        # torch.no_grad(), which torch 2.4's export mishandles)
+        taken = stats if stats is not None else Statistics(input, batch_dims(input))
+        _, moments = taken.centered(input.detach().to(accumulation_dtype(input.dtype)))
+        sigma = torch.sqrt(running_var + eps)
+        r = (torch.sqrt(moments.var.reshape(-1) + eps) / sigma).clamp(1 / rmax, rmax).to(sigma.dtype)
+        d = (((moments.shift + moments.mean_shifted).reshape(-1) - running_mean) / sigma).clamp(-dmax, dmax)
+        weight, bias = affine(r, weight, None), affine(d, weight, bias)
+    guard = _Guard((running_mean, running_var), non_finite, num_batches_tracked, who) \
+        if update and non_finite != "propagate" else None
+    rm, rv = (running_mean, running_var) if guard is None else guard.targets
+    if not update:
+        rm = rv = None
+    try:
+        if stats is None:
+            op = "batch_norm" if act is None else act.op
+            impl = backends.implementation(op, input)
+            if act is None:
+                y = impl(input, rm, rv, weight, bias, True, factor, eps)
+            else:
+                y = impl(input, rm, rv, weight, bias, True, factor, eps, act)
+        else:  # masked or synchronized statistics (``moments``: taken already, for renormalization)
+            impl = backends.implementation("batch_norm_statistics", input)
+            y = impl(input, stats, rm, rv, weight, bias, factor, eps, moments, act)
+    except BaseException:
+        if update and num_batches_tracked is not None:
+            num_batches_tracked.sub_(1)
+        if guard is not None:
+            guard.undo()
+        raise
+    if guard is not None and guard.finish(input) and stats is None:
+        # a finite input whose variance overflowed in the kernel: its output is wrong as well; normlab's
+        # own implementation takes that variance in float64 (the running statistics keep their values)
+        op = "batch_norm" if act is None else act.op
+        if act is None:
+            y = backends.TABLE[op]["normlab"](input, None, None, weight, bias, True, factor, eps)
+        else:
+            y = backends.TABLE[op]["normlab"](input, None, None, weight, bias, True, factor, eps, act)
+    return y
+
+
+def batch_norm_train(
+    input: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    momentum: float | None,
+    eps: float,
+    *,
+    update: bool = True,
+    num_batches_tracked: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    limits: tuple[float, float] | None = None,
+    virtual_batch_size: int | None = None,
+    act: Activation | None = None,
+    statistics=Statistics,
+    one_value: str = "raise",
+    non_finite: str = "skip",
+    channels: int | None = None,
+    who="batch_norm",
+) -> torch.Tensor:
+    r"""Batch norm of a training batch: normalize with its statistics, update the running ones.
+
+    :math:`y = \gamma (x - \mu_B) / \sqrt{\sigma_B^2 + \epsilon} + \beta` per channel (dim 1)
+    over every other axis, with the batch mean and biased variance; with ``update`` (and
+    running statistics given) ``running = (1 - f) * running + f * batch`` with the unbiased
+    variance, where ``f`` is ``momentum``, or with ``momentum=None`` ``1 / n`` for the n-th
+    batch counted in ``num_batches_tracked`` (which is counted for every batch taken in).
+
+    normlab's additions, each a named argument:
+
+    - ``mask``: a bool tensor shaped like the input without dim 1, False at padded
+      positions, which the statistics leave out (see :func:`batch_mask`);
+    - ``limits=(rmax, dmax)``: batch renormalization (:func:`batch_renorm`);
+    - ``virtual_batch_size``: ghost batch norm, each virtual batch in turn (:func:`ghost_batch_norm`);
+    - ``act``: an activation after the normalization (:func:`batch_norm_act`);
+    - ``statistics``: how the statistics are taken, a :class:`normlab.autograd.Statistics`
+      class or factory ``(input, dims, mask)`` (``normlab.nn.sync``: over a process group);
+    - ``one_value``: what a batch of one value per channel does (:data:`ONE_VALUE_POLICIES`);
+    - ``non_finite``: what non-finite batch statistics do to the running ones (:data:`NON_FINITE`);
+    - ``channels``: the channel count the caller expects; ``who``: the name in messages.
+    """
+    check_batch(input, who, channels, weight, bias, running_mean, running_var)
+    if not (isinstance(eps, float) and eps > 0 and eps != math.inf):
+        check_eps(eps, who, allow_zero=False)  # as torch: a batch's variance can be 0
+    if momentum is not None and not (isinstance(momentum, float) and math.isfinite(momentum)):
+        check_momentum(momentum, who)
+    mask = batch_mask(input, mask, who)
+    if limits is not None and (running_mean is None or running_var is None):
+        raise ValueError(f"{label(who)}: batch renormalization needs running_mean and running_var: r and d "
+                         "compare the batch statistics with them")
+    step = (input, running_mean, running_var, weight, bias, momentum, eps, update, num_batches_tracked)
+    options = (limits, act, statistics, one_value, non_finite, who)
+    if virtual_batch_size is None or input.shape[0] <= virtual_batch_size:
+        return _one_step(*step[:9], mask, *options)
+    if act is not None and act.residual is not None:
+        raise ValueError(f"{label(who)}: ghost batches take no residual")
+    masks = [None] * input.shape[0] if mask is None else mask.split(virtual_batch_size)
+    # a refused virtual batch undoes the ones before it: the whole step is refused
+    state = [t for t in (running_mean, running_var, num_batches_tracked) if t is not None] if update else []
+    before = [t.clone() for t in state]
+    try:
+        return torch.cat([_one_step(x, *step[1:9], m, *options) for x, m in zip(input.split(virtual_batch_size), masks)])
+    except BaseException:
+        with torch.no_grad():
+            for t, old in zip(state, before):
+                t.copy_(old)
+        raise
+
+
+def batch_norm_inference(input, mean, var, weight, bias, eps, act: Activation | None = None, *, who="batch_norm",
+                         channels: int | None = None, checked: bool = False) -> torch.Tensor:
+    """``weight * (x - mean) / sqrt(var + eps) + bias`` with given per-channel statistics, then ``act``."""
+    if not checked:
+        check_batch(input, who, channels, weight, bias, mean, var)
+        if mean is None or var is None:
+            raise ValueError(f"{label(who)}: evaluation needs running_mean and running_var")
+        if not (isinstance(eps, float) and 0 <= eps < math.inf):
+            check_eps(eps, who)
+    if act is None:
+        return backends.implementation("batch_norm", input)(input, mean, var, weight, bias, False, 0.0, eps)
+    weight = act.scale(weight, eps)
+    return backends.implementation(act.op, input)(input, mean, var, weight, bias, False, 0.0, eps, act)
 
 
 def batch_norm(
@@ -182,19 +474,10 @@ def batch_norm(
     False at padded positions, which the batch statistics then leave out; see
     :func:`batch_mask`.
     """
-    return _batch_norm_call("batch_norm", input, running_mean, running_var, weight, bias, training, momentum, eps, mask)
-
-
-def _batch_norm_call(who, input, running_mean, running_var, weight, bias, training, momentum, eps, mask,
-                     rmax=1.0, dmax=0.0) -> torch.Tensor:
-    """What :func:`batch_norm` and :func:`batch_renorm` do once their own arguments are checked."""
-    mask = batch_mask(input, mask, who)
-    _check_eps(eps, training, who)
     if not training:
         return batch_norm_inference(input, running_mean, running_var, weight, bias, eps)
-    statistics = Statistics(input, batch_dims(input), mask)
-    _refuse_too_few_values(statistics, input, who)
-    return batch_normalize(input, statistics, running_mean, running_var, weight, bias, momentum, eps, rmax, dmax)
+    return batch_norm_train(input, running_mean, running_var, weight, bias, momentum, eps, mask=mask,
+                            non_finite="propagate")
 
 
 def batch_renorm(
@@ -221,12 +504,15 @@ def batch_renorm(
     running statistics before this step updates them, as batch norm does. Evaluation:
     batch norm with the running statistics. ``rmax=1, dmax=0`` is batch norm.
     """
-    if rmax < 1 or dmax < 0:
+    if not rmax >= 1 or not dmax >= 0:
         raise ValueError(f"batch_renorm: needs rmax >= 1 and dmax >= 0, got rmax={rmax}, dmax={dmax}")
-    if training and (running_mean is None or running_var is None):
-        raise ValueError("batch_renorm: training needs running_mean and running_var: r and d compare the batch statistics with them")
-    return _batch_norm_call("batch_renorm", input, running_mean, running_var, weight, bias, training, momentum, eps,
-                            mask, rmax, dmax)
+    if not training:
+        return batch_norm_inference(input, running_mean, running_var, weight, bias, eps, who="batch_renorm")
+    if running_mean is None or running_var is None:
+        raise ValueError("batch_renorm: training needs running_mean and running_var: r and d compare the batch "
+                         "statistics with them")
+    return batch_norm_train(input, running_mean, running_var, weight, bias, momentum, eps, mask=mask,
+                            limits=(rmax, dmax), non_finite="propagate", who="batch_renorm")
 
 
 def ghost_batch_norm(
@@ -249,283 +535,12 @@ def ghost_batch_norm(
     statistics and each updating the running statistics in turn, as batch norm would if
     it saw them one after another. Evaluation: batch norm with the running statistics.
     """
-    if not isinstance(virtual_batch_size, int) or virtual_batch_size < 1:
+    if isinstance(virtual_batch_size, bool) or not isinstance(virtual_batch_size, numbers.Integral) or virtual_batch_size < 1:
         raise ValueError(f"ghost_batch_norm: virtual_batch_size must be a positive int, got {virtual_batch_size!r}")
     if not training:
-        return batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps, mask=mask)
-    masks = [None] * input.shape[0] if mask is None else mask.split(virtual_batch_size)
-    return torch.cat([
-        batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps, mask=m)
-        for x, m in zip(input.split(virtual_batch_size), masks)
-    ])
-
-
-def batch_normalize(
-    input: torch.Tensor,
-    statistics: Statistics,
-    running_mean: torch.Tensor | None,
-    running_var: torch.Tensor | None,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    momentum: float,
-    eps: float,
-    rmax: float = 1.0,
-    dmax: float = 0.0,
-    act: Activation | None = None,
-) -> torch.Tensor:
-    """One training step of batch normalization, with the batch statistics ``statistics`` takes.
-
-    The step every batch-norm layer and function shares. ``rmax`` and ``dmax`` other than
-    1 and 0 make it batch renormalization (see :func:`batch_renorm`), which reads the
-    running statistics: r and d, from the statistics taken first, turn into the weight
-    and bias of a batch norm. The running statistics, when given, are updated with
-    ``momentum`` (0 leaves them as they are). Callers check that the statistics span
-    more than one value (:func:`too_few_values`). Local statistics of a whole batch can
-    run on torch's kernel (:func:`normlab.kernels.choose` decides); masked and
-    synchronized ones run on :class:`normlab.autograd.Normalize`. ``act``, when given, is
-    applied to the output (:class:`normlab.nn.BatchNormAct`), fused where a backend can.
-    """
-    update = momentum != 0 and running_mean is not None and running_var is not None
-    finish = (lambda y: y) if act is None else act
-    weight = weight if act is None else act.scale(weight, eps)
-    if statistics.count == 0:  # an empty batch: no statistics, running ones left alone
-        return finish(affine(input, _per_channel(weight, input.dim()), _per_channel(bias, input.dim())))
-    moments = None
-    if rmax != 1 or dmax != 0:  # batch renormalization
-        with torch.no_grad():
-            _, moments = statistics.centered(input.to(accumulation_dtype(input.dtype)))
-            sigma = torch.sqrt(running_var + eps)
-            r = (torch.sqrt(moments.var.reshape(-1) + eps) / sigma).clamp(1 / rmax, rmax)
-            d = (((moments.shift + moments.mean_shifted).reshape(-1) - running_mean) / sigma).clamp(-dmax, dmax)
-        # gamma * (x_hat * r + d) + beta is batch norm with weight gamma * r and bias gamma * d + beta
-        weight, bias = affine(r, weight, None), affine(d, weight, bias)
-    local = type(statistics) is Statistics and statistics.mask is None and statistics.count > 1
-    backend = _backend(input, act) if local else "normlab"
-    if backend in ("native", "triton"):
-        running_mean, running_var = (running_mean, running_var) if update else (None, None)
-        if backend == "triton":
-            return _triton(input, running_mean, running_var, weight, bias, True, momentum, eps, act)
-        return finish(F.batch_norm(input, running_mean, running_var, weight, bias, True, momentum, eps))
-    ndim = input.dim()
-    weight, bias = _per_channel(weight, ndim), _per_channel(bias, ndim)
-    if act is not None and act.inplace_abn and local:
-        y, mean, var = InPlaceABN.apply(input, weight, bias, eps, act.name, act.param)
-    else:
-        y, mean, var = Normalize.apply(input, weight, bias, statistics.dims, eps, True, statistics, moments)
-        y = finish(y)
-    if update:
-        update_running_stats(running_mean, running_var, mean, var, statistics.count, momentum)
-    return y
-
-
-# --- layer, group, instance and RMS norm: Normalize over other axes -----------------------
-
-
-def check_normalized_shape(input: torch.Tensor, normalized_shape: tuple[int, ...], who: str) -> None:
-    """Raise unless ``input`` ends in ``normalized_shape`` (layer norm and RMS norm)."""
-    k = len(normalized_shape)
-    if input.dim() < k or tuple(input.shape[input.dim() - k :]) != normalized_shape:
-        raise ValueError(
-            f"{who}: expected an input whose last {k} dim(s) are {normalized_shape}, got an input of "
-            f"shape {tuple(input.shape)}"
-        )
-
-
-def _check_params(normalized_shape: tuple[int, ...], who: str, **params) -> None:
-    for name, p in params.items():
-        if p is not None and tuple(p.shape) != normalized_shape:
-            raise ValueError(f"{who}: expected {name} of shape {normalized_shape}, got {tuple(p.shape)}")
-
-
-def _as_shape(normalized_shape) -> tuple[int, ...]:
-    return (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else tuple(normalized_shape)
-
-
-def _trailing_dims(input: torch.Tensor, normalized_shape) -> tuple[int, ...]:
-    return tuple(range(input.dim() - len(normalized_shape), input.dim()))
-
-
-def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -> torch.Tensor:
-    r"""Layer normalization (Ba et al. 2016) over the trailing ``normalized_shape`` axes.
-
-    Same signature and semantics as :func:`torch.nn.functional.layer_norm`:
-    :math:`y = \gamma (x - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta` with the mean and biased
-    variance of each sample's trailing axes; ``weight`` and ``bias`` of shape ``normalized_shape``.
-    """
-    normalized_shape = _as_shape(normalized_shape)
-    check_normalized_shape(input, normalized_shape, "layer_norm")
-    _check_params(normalized_shape, "layer_norm", weight=weight, bias=bias)
-    _check_eps(eps, True, "layer_norm")
-    if kernels.choose("layer_norm", input) == "native":
-        return F.layer_norm(input, normalized_shape, weight, bias, eps)
-    return Normalize.apply(input, weight, bias, _trailing_dims(input, normalized_shape), eps, True)[0]
-
-
-def rms_norm(input, normalized_shape, weight=None, eps: float | None = None) -> torch.Tensor:
-    r"""RMS normalization (Zhang & Sennrich 2019) over the trailing ``normalized_shape`` axes.
-
-    Same signature and semantics as :func:`torch.nn.functional.rms_norm`:
-    :math:`y = \gamma x / \sqrt{\mathrm{mean}(x^2) + \epsilon}`, no centering, no bias.
-    ``eps=None`` is the machine epsilon of the type the statistics are computed in
-    (float32 for 16-bit and 32-bit inputs, float64 for float64), as in torch.
-    """
-    normalized_shape = _as_shape(normalized_shape)
-    check_normalized_shape(input, normalized_shape, "rms_norm")
-    _check_params(normalized_shape, "rms_norm", weight=weight)
-    if eps is None:  # resolved here, not left to torch: before 2.7, torch took a 16-bit input's own epsilon
-        eps = torch.finfo(accumulation_dtype(input.dtype)).eps
-    _check_eps(eps, True, "rms_norm")
-    if kernels.choose("rms_norm", input) == "native":
-        return F.rms_norm(input, normalized_shape, weight, eps)
-    return Normalize.apply(input, weight, None, _trailing_dims(input, normalized_shape), eps, False)[0]
-
-
-def check_groups(input: torch.Tensor, num_groups: int, who: str) -> None:
-    """Raise unless ``input`` is ``(N, C, *)`` with C divisible into ``num_groups`` groups of
-    more than one value each (a group of one value normalizes to 0 whatever it holds)."""
-    if input.dim() < 2:
-        raise ValueError(f"{who}: expected an input of shape (N, C, *), got a {input.dim()}-D input")
-    channels = input.shape[1]
-    if channels % num_groups:
-        raise ValueError(f"{who}: the {channels} channels of the input do not divide into {num_groups} groups")
-    if channels // num_groups * math.prod(input.shape[2:]) == 1:
-        raise ValueError(
-            f"{who}: each group holds a single value ({channels // num_groups} channel per group, "
-            f"spatial size {tuple(input.shape[2:])}), which normalizes to 0 "
-            f"whatever it is; got an input of shape {tuple(input.shape)}. Use fewer groups."
-        )
-
-
-def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5) -> torch.Tensor:
-    r"""Group normalization (Wu & He 2018): the channels of each sample in ``num_groups`` groups.
-
-    Same signature and semantics as :func:`torch.nn.functional.group_norm`. normlab's
-    own implementation normalizes the view ``(N, G, C/G, *spatial)`` of the input over
-    axes 2 and up, with the per-channel ``weight`` and ``bias`` viewed as ``(1, G, C/G, 1, ...)``.
-    Unlike torch, a group of one value is refused for every batch size, not only for N = 1.
-    """
-    check_groups(input, num_groups, "group_norm")
-    _check_eps(eps, True, "group_norm")
-    if kernels.choose("group_norm", input) == "native":
-        return F.group_norm(input, num_groups, weight, bias, eps)
-    n, c, *spatial = input.shape
-    view = (n, num_groups, c // num_groups, *spatial)
-    param_view = (1, num_groups, c // num_groups, *[1] * len(spatial))
-    weight, bias = (None if p is None else p.view(param_view) for p in (weight, bias))
-    y = Normalize.apply(input.reshape(view), weight, bias, tuple(range(2, len(view))), eps, True)[0]
-    return y.view(input.shape)
-
-
-def spatial_size(input: torch.Tensor) -> int:
-    """How many values each instance (one channel of one sample) holds."""
-    return math.prod(input.shape[2:])
-
-
-def instance_norm(
-    input: torch.Tensor,
-    running_mean: torch.Tensor | None = None,
-    running_var: torch.Tensor | None = None,
-    weight: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    use_input_stats: bool = True,
-    momentum: float = 0.1,
-    eps: float = 1e-5,
-) -> torch.Tensor:
-    r"""Instance normalization (Ulyanov et al. 2016): each channel of each sample over its spatial axes.
-
-    Same signature and semantics as :func:`torch.nn.functional.instance_norm`. With
-    ``use_input_stats``, :math:`y = \gamma (x - \mu_{nc}) / \sqrt{\sigma_{nc}^2 + \epsilon} + \beta`,
-    and running statistics, when given, are updated with the average over the batch of
-    the instances' means and unbiased variances (torch's rule). Otherwise the running
-    statistics normalize, exactly as batch norm does at inference.
-    """
-    if use_input_stats and spatial_size(input) == 1:
-        raise ValueError(
-            "instance_norm: normalizing each instance needs more than one spatial value, got an "
-            f"input of shape {tuple(input.shape)}"
-        )
-    if eps < 0 or (use_input_stats and eps == 0):
-        raise ValueError(f"instance_norm: eps must be positive, got {eps}")
-    if not use_input_stats and (running_mean is None or running_var is None):
-        raise ValueError("instance_norm: use_input_stats=False needs running_mean and running_var")
-    if kernels.choose("instance_norm", input) == "native":
-        return F.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
-    if not use_input_stats:
-        return batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
-    ndim = input.dim()
-    weight, bias = _per_channel(weight, ndim), _per_channel(bias, ndim)
-    if input.numel() == 0:  # an empty batch: no statistics, running ones left alone
-        return affine(input, weight, bias)
-    y, mean, var = Normalize.apply(input, weight, bias, tuple(range(2, ndim)), eps, True)
-    update_running_stats(running_mean, running_var, mean.mean(0), var.mean(0), spatial_size(input), momentum)
-    return y
-
-
-# --- mean-only batch norm and weight norm: no division by a standard deviation ----------
-
-
-def mean_only_batch_norm(
-    input: torch.Tensor,
-    running_mean: torch.Tensor | None,
-    bias: torch.Tensor | None = None,
-    training: bool = False,
-    momentum: float = 0.1,
-) -> torch.Tensor:
-    r"""Mean-only batch normalization (Salimans & Kingma 2016, section 4): per channel (dim 1),
-    :math:`y = x - \mu_B + \beta` in training, with the batch mean over every other axis, and
-    :math:`y = x - \hat\mu + \beta` otherwise. In training the running mean, when given, is
-    updated as batch norm's: ``running_mean = (1 - momentum) * running_mean + momentum * mean``.
-
-    torch has no such operation, so this always runs normlab's own implementation.
-    """
-    if training and values_per_channel(input) == 1:
-        raise ValueError(
-            "mean_only_batch_norm: training needs more than one value per channel (with one, the "
-            f"output is the bias whatever the input), got an input of shape {tuple(input.shape)}"
-        )
-    ndim = input.dim()
-    x = input.to(accumulation_dtype(input.dtype))
-    if not training:
-        if running_mean is None:
-            raise ValueError("mean_only_batch_norm: evaluation needs running_mean")
-        y = x - _per_channel(running_mean, ndim)
-    elif input.numel() == 0:
-        y = x
-    else:
-        dims = (0, *range(2, ndim))
-        y, shift, mean_shifted = centered(x, dims, True)
-        update_running_stats(running_mean, None, shift + mean_shifted, None, values_per_channel(input), momentum)
-    return affine(y, None, _per_channel(bias, ndim)).to(input.dtype)
-
-
-def norm_except_dim(v: torch.Tensor, dim: int | None) -> torch.Tensor:
-    """||v|| over every axis but ``dim``, keepdim; over all axes (a scalar) for dim None or -1.
-
-    This is torch's convention (``torch.norm_except_dim``): -1 does not mean the last axis.
-    """
-    acc = accumulation_dtype(v.dtype)
-    if dim is None or dim == -1:
-        return torch.linalg.vector_norm(v, dtype=acc).to(v.dtype)
-    dim %= v.dim()
-    dims = tuple(d for d in range(v.dim()) if d != dim)
-    return torch.linalg.vector_norm(v, 2, dims, keepdim=True, dtype=acc).to(v.dtype)
-
-
-def weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int | None = 0) -> torch.Tensor:
-    r"""Weight normalization (Salimans & Kingma 2016): :math:`w = g \, v / \lVert v \rVert`.
-
-    The norm is over every axis of ``v`` but ``dim`` (one ``g`` per slice along ``dim``,
-    e.g. per output unit for ``dim=0``), or over all of ``v`` for ``dim`` None or -1.
-    Same semantics as ``torch._weight_norm(v, g, dim)``, which
-    :func:`torch.nn.utils.parametrizations.weight_norm` runs.
-    """
-    dim = -1 if dim is None else dim
-    if kernels.choose("weight_norm", v) == "native":
-        return torch._weight_norm(v, g, dim)
-    return v * (g / norm_except_dim(v, dim))
-
-
-# --- batch norm followed by an activation ------------------------------------------------
+        return batch_norm_inference(input, running_mean, running_var, weight, bias, eps, who="ghost_batch_norm")
+    return batch_norm_train(input, running_mean, running_var, weight, bias, momentum, eps, mask=mask,
+                            virtual_batch_size=int(virtual_batch_size), non_finite="propagate", who="ghost_batch_norm")
 
 
 def batch_norm_act(
@@ -557,28 +572,232 @@ def batch_norm_act(
     ``leaky_relu`` with ``negative_slope > 0``, ``elu`` with ``alpha > 0``), no residual,
     and a scale that cannot be 0: the layer's scale is ``|weight| + eps``, as in the paper.
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"batch_norm_act: unknown activation {activation!r}; expected one of {ACTIVATIONS}")
-    param = {"leaky_relu": negative_slope, "elu": alpha}.get(activation, 0.0)
-    if residual is not None and residual.shape != input.shape:
-        raise ValueError(
-            f"batch_norm_act: the residual must have the input's shape {tuple(input.shape)}, "
-            f"got {tuple(residual.shape)}"
-        )
-    if inplace_abn:
-        if activation not in INVERTIBLE or (activation in DEFAULT_PARAM and not param > 0):
-            raise ValueError(
-                "batch_norm_act: in-place activated batch norm recomputes its input from its output, "
-                "so it needs an invertible activation: identity, leaky_relu with negative_slope > 0 or "
-                f"elu with alpha > 0; got {activation!r} with parameter {param}"
-            )
-        if residual is not None:
-            raise ValueError("batch_norm_act: in-place activated batch norm takes no residual (it could not "
-                             "recompute its input from the output)")
-    act = Activation(activation, param, residual, inplace_abn)
-    _check_eps(eps, training, "batch_norm_act")
+    act = activation_for("batch_norm_act", input, activation, negative_slope, alpha, residual, inplace_abn)
     if not training:
-        return batch_norm_inference(input, running_mean, running_var, weight, bias, eps, act)
-    statistics = Statistics(input, batch_dims(input), None)
-    _refuse_too_few_values(statistics, input, "batch_norm_act")
-    return batch_normalize(input, statistics, running_mean, running_var, weight, bias, momentum, eps, act=act)
+        return batch_norm_inference(input, running_mean, running_var, weight, bias, eps, act, who="batch_norm_act")
+    return batch_norm_train(input, running_mean, running_var, weight, bias, momentum, eps, act=act,
+                            non_finite="propagate", who="batch_norm_act")
+
+
+def activation_for(who, input, activation: str, negative_slope: float, alpha: float, residual, inplace_abn: bool,
+                   ) -> Activation:
+    """The :class:`Activation` that ``act(y + residual)`` describes, checked."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{label(who)}: unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+    param = {"leaky_relu": negative_slope, "elu": alpha}.get(activation, 0.0)
+    if inplace_abn and (activation not in INVERTIBLE or (activation in DEFAULT_PARAM and not param > 0)):
+        raise ValueError(
+            f"{label(who)}: in-place activated batch norm recomputes its input from its output, so it needs an "
+            "invertible activation: identity, leaky_relu with negative_slope > 0 or elu with alpha > 0; got "
+            f"{activation!r}" + (f" with parameter {param}" if activation in DEFAULT_PARAM else "")
+        )
+    if residual is not None:
+        if inplace_abn:
+            raise ValueError(f"{label(who)}: in-place activated batch norm takes no residual (it could not "
+                             "recompute its input from the output)")
+        if not isinstance(residual, torch.Tensor) or residual.shape != getattr(input, "shape", None):
+            got = tuple(residual.shape) if isinstance(residual, torch.Tensor) else type(residual).__name__
+            raise ShapeError(f"{label(who)}: expected a residual of the input's shape "
+                             f"{tuple(getattr(input, 'shape', ()))}, got {got}")  # fmt: skip
+    return Activation(activation, param, residual, inplace_abn)
+
+
+# --- layer, group, instance and RMS norm -----------------------------------------------------
+
+
+def check_normalized_shape(input: torch.Tensor, normalized_shape: tuple[int, ...], who) -> None:
+    """Raise unless ``input`` ends in ``normalized_shape`` (layer norm and RMS norm)."""
+    k = len(normalized_shape)
+    if input.dim() < k or tuple(input.shape[input.dim() - k :]) != normalized_shape:
+        raise ShapeError(
+            f"{label(who)}: expected an input whose last {k} dim(s) are {normalized_shape}, got an input of "
+            f"shape {tuple(input.shape)}"
+        )
+
+
+def _check_params(normalized_shape: tuple[int, ...], who, **params) -> None:
+    for name, p in params.items():
+        if p is not None and tuple(p.shape) != normalized_shape:
+            raise ShapeError(f"{label(who)}: expected {name} of shape {normalized_shape}, got {tuple(p.shape)}")
+
+
+def _as_shape(normalized_shape) -> tuple[int, ...]:
+    return (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else tuple(normalized_shape)
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-5, *, who="layer_norm") -> torch.Tensor:
+    r"""Layer normalization (Ba et al. 2016) over the trailing ``normalized_shape`` axes.
+
+    Same signature and semantics as :func:`torch.nn.functional.layer_norm`:
+    :math:`y = \gamma (x - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta` with the mean and biased
+    variance of each sample's trailing axes; ``weight`` and ``bias`` of shape ``normalized_shape``.
+    """
+    normalized_shape = _as_shape(normalized_shape)
+    check_tensor(input, who)
+    check_normalized_shape(input, normalized_shape, who)
+    _check_params(normalized_shape, who, weight=weight, bias=bias)
+    check_dtypes(input, who, weight=weight, bias=bias)
+    check_eps(eps, who)
+    return backends.implementation("layer_norm", input)(input, normalized_shape, weight, bias, eps)
+
+
+def rms_norm(input, normalized_shape, weight=None, eps: float | None = None, *, who="rms_norm") -> torch.Tensor:
+    r"""RMS normalization (Zhang & Sennrich 2019) over the trailing ``normalized_shape`` axes.
+
+    Same signature and semantics as :func:`torch.nn.functional.rms_norm`:
+    :math:`y = \gamma x / \sqrt{\mathrm{mean}(x^2) + \epsilon}`, no centering, no bias.
+    ``eps=None`` is the machine epsilon of the type the statistics are computed in
+    (float32 for 16-bit and 32-bit inputs, float64 for float64), as in torch.
+    """
+    normalized_shape = _as_shape(normalized_shape)
+    check_tensor(input, who)
+    check_normalized_shape(input, normalized_shape, who)
+    _check_params(normalized_shape, who, weight=weight)
+    check_dtypes(input, who, weight=weight)
+    if eps is None:  # resolved here, not left to torch: before 2.7, torch took a 16-bit input's own epsilon
+        eps = torch.finfo(accumulation_dtype(input.dtype)).eps
+    check_eps(eps, who)
+    return backends.implementation("rms_norm", input)(input, normalized_shape, weight, eps)
+
+
+def check_groups(input: torch.Tensor, num_groups: int, who) -> None:
+    """Raise unless ``input`` is ``(N, C, *)`` with C divisible into ``num_groups`` groups of
+    more than one value each (a group of one value normalizes to 0 whatever it holds)."""
+    if input.dim() < 2:
+        raise ShapeError(f"{label(who)}: expected an input of shape (N, C, *), got a {input.dim()}-D input of "
+                         f"shape {tuple(input.shape)}")
+    channels = input.shape[1]
+    if channels % num_groups:
+        raise ShapeError(f"{label(who)}: the {channels} channels of the input do not divide into {num_groups} groups")
+    if channels // num_groups * math.prod(input.shape[2:]) == 1 and input.shape[0] > 0:
+        raise ValueError(
+            f"{label(who)}: each group holds a single value ({channels // num_groups} channel per group, "
+            f"spatial size {tuple(input.shape[2:])}), which normalizes to 0 "
+            f"whatever it is; got an input of shape {tuple(input.shape)}. Use fewer groups."
+        )
+
+
+def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5, *, who="group_norm",
+               channels: int | None = None) -> torch.Tensor:
+    r"""Group normalization (Wu & He 2018): the channels of each sample in ``num_groups`` groups.
+
+    Same signature and semantics as :func:`torch.nn.functional.group_norm`.
+    Unlike torch, a group of one value is refused for every batch size, not only for N = 1.
+    """
+    check_tensor(input, who)
+    if input.dim() >= 2:
+        check_channels(input, who, channels, weight=weight, bias=bias)
+    check_groups(input, num_groups, who)
+    check_dtypes(input, who, weight=weight, bias=bias)
+    check_eps(eps, who)
+    return backends.implementation("group_norm", input)(input, num_groups, weight, bias, eps)
+
+
+def instance_norm(
+    input: torch.Tensor,
+    running_mean: torch.Tensor | None = None,
+    running_var: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    non_finite: str = "propagate",
+    channels: int | None = None,
+    who="instance_norm",
+) -> torch.Tensor:
+    r"""Instance normalization (Ulyanov et al. 2016): each channel of each sample over its spatial axes.
+
+    Same signature and semantics as :func:`torch.nn.functional.instance_norm`. With
+    ``use_input_stats``, :math:`y = \gamma (x - \mu_{nc}) / \sqrt{\sigma_{nc}^2 + \epsilon} + \beta`,
+    and running statistics, when given, are updated with the average over the batch of
+    the instances' means and unbiased variances (torch's rule). Otherwise the running
+    statistics normalize, exactly as batch norm does at inference. ``non_finite`` guards
+    the running statistics as batch norm's does (:data:`NON_FINITE`).
+    """
+    check_tensor(input, who)
+    if input.dim() < 3:
+        raise ShapeError(f"{label(who)}: expected an input of shape (N, C, *spatial), got a {input.dim()}-D input "
+                         f"of shape {tuple(input.shape)}")
+    check_channels(input, who, channels, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    check_dtypes(input, who, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    check_eps(eps, who)
+    if not use_input_stats:
+        if running_mean is None or running_var is None:
+            raise ValueError(f"{label(who)}: use_input_stats=False needs running_mean and running_var")
+        return batch_norm_inference(input, running_mean, running_var, weight, bias, eps, who=who, checked=True)
+    if math.prod(input.shape[2:]) == 1:
+        raise ValueError(
+            f"{label(who)}: normalizing each instance needs more than one spatial value, got an input of shape "
+            f"{tuple(input.shape)}"
+        )
+    if input.numel() == 0:  # an empty batch: no statistics, the running ones left alone
+        return affine(input, per_channel(weight, input.dim()), per_channel(bias, input.dim()))
+    impl = backends.implementation("instance_norm", input)
+    guard = _Guard((running_mean, running_var), non_finite, None, who) \
+        if running_mean is not None and running_var is not None and non_finite != "propagate" else None
+    y = impl(input, *((running_mean, running_var) if guard is None else guard.targets), weight, bias, True, momentum,
+             eps)
+    if guard is not None:
+        guard.finish(input)
+    return y
+
+
+# --- mean-only batch norm and weight norm: no division by a standard deviation ----------
+
+
+def mean_only_batch_norm(
+    input: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    *,
+    non_finite: str = "propagate",
+    channels: int | None = None,
+    who="mean_only_batch_norm",
+) -> torch.Tensor:
+    r"""Mean-only batch normalization (Salimans & Kingma 2016, section 4): per channel (dim 1),
+    :math:`y = x - \mu_B + \beta` in training, with the batch mean over every other axis, and
+    :math:`y = x - \hat\mu + \beta` otherwise. In training the running mean, when given, is
+    updated as batch norm's: ``running_mean = (1 - momentum) * running_mean + momentum * mean``.
+    ``non_finite`` guards it as batch norm's guard does (:data:`NON_FINITE`).
+
+    torch has no such operation, so this always runs normlab's own implementation.
+    """
+    check_tensor(input, who)
+    if input.dim() < 2:
+        raise ShapeError(f"{label(who)}: expected an input of shape (N, C, *), got a {input.dim()}-D input "
+                         f"of shape {tuple(input.shape)}")
+    check_channels(input, who, channels, bias=bias, running_mean=running_mean)
+    check_dtypes(input, who, bias=bias, running_mean=running_mean)
+    if not training and running_mean is None:
+        raise ValueError(f"{label(who)}: evaluation needs running_mean")
+    if training and values_per_channel(input) == 1:
+        raise ValueError(
+            f"{label(who)}: training needs more than one value per channel (with one, the output is the bias "
+            f"whatever the input), got an input of shape {tuple(input.shape)}. Use a batch of at least 2 samples, "
+            "or call .eval() to subtract the running mean."
+        )
+    if training and input.numel() == 0:
+        return affine(input, None, per_channel(bias, input.dim()))
+    impl = backends.implementation("mean_only_batch_norm", input)
+    guard = _Guard((running_mean,), non_finite, None, who) \
+        if training and running_mean is not None and non_finite != "propagate" else None
+    y = impl(input, running_mean if guard is None else guard.targets[0], bias, training, momentum)
+    if guard is not None:
+        guard.finish(input)
+    return y
+
+
+def weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int | None = 0) -> torch.Tensor:
+    r"""Weight normalization (Salimans & Kingma 2016): :math:`w = g \, v / \lVert v \rVert`.
+
+    The norm is over every axis of ``v`` but ``dim`` (one ``g`` per slice along ``dim``,
+    e.g. per output unit for ``dim=0``), or over all of ``v`` for ``dim`` None or -1.
+    Same semantics as ``torch._weight_norm(v, g, dim)``, which
+    :func:`torch.nn.utils.parametrizations.weight_norm` runs.
+    """
+    dim = -1 if dim is None else dim
+    return backends.implementation("weight_norm", v)(v, g, dim)

@@ -17,7 +17,7 @@ skip_unless_kernels_run()
 
 import normlab  # noqa: E402
 from conftest import assert_rel  # noqa: E402
-from normlab import kernels  # noqa: E402
+from normlab import backends  # noqa: E402
 from normlab.kernels import triton_bn, triton_ops  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -71,15 +71,15 @@ def test_fused_paths_on_large_shapes(shape, activation, residual, abn):
 
 def test_automatic_dispatch_follows_the_rule(monkeypatch):
     x = torch.randn(8, 16, 8, 8, device="cuda", dtype=torch.float16)
-    for op in kernels.TRITON_OPS:
-        expected = "triton" if kernels.triton_is_faster(op, x) else ("native" if op == "batch_norm" else "normlab")
-        assert kernels.choose(op, x) == expected
+    for op in ("batch_norm", "batch_norm_act", "inplace_abn"):
+        expected = "triton" if backends.triton_is_faster(op, x) else ("normlab" if op == "inplace_abn" else "native")
+        assert backends.choose(op, x) == expected
     calls = []
     real = triton_ops.batch_norm_act
     monkeypatch.setattr(triton_ops, "batch_norm_act", lambda *a: calls.append(1) or real(*a))
     layer = normlab.BatchNormAct(16, "relu").cuda()
     layer(x)
-    assert len(calls) == int(kernels.triton_is_faster("batch_norm_act", x))
+    assert len(calls) == int(backends.triton_is_faster("batch_norm_act", x))
 
 
 def test_inductor_compiles_a_model_with_the_ops():

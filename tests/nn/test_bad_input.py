@@ -48,26 +48,52 @@ def test_one_value_per_channel_in_functional_form(backend):
 def test_mismatched_state_dict_names_the_layer():
     sd = torch.nn.BatchNorm2d(32).state_dict()
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), normlab.BatchNorm2d(64))
-    with pytest.raises(ValueError, match=r"BatchNorm2d\(64\): the checkpoint's '1.weight' has shape \(32,\), expected \(64,\)"):
+    with pytest.raises(RuntimeError, match=r"BatchNorm2d\(64\): the checkpoint's '1.weight' has shape \(32,\), expected \(64,\)"):
         model.load_state_dict({"0.weight": model[0].weight, "0.bias": model[0].bias, **{f"1.{k}": v for k, v in sd.items()}})
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_training_batch_is_refused_and_state_kept(backend, bad):
-    bn = normlab.BatchNorm2d(3)
+    bn = normlab.BatchNorm2d(3, non_finite="raise")
     bn(torch.randn(4, 3, 2, 2))
     before = {k: v.clone() for k, v in bn.state_dict().items()}
     x = torch.randn(4, 3, 2, 2)
     x[1, 2, 0, 1] = bad
-    with pytest.raises(FloatingPointError, match=r"BatchNorm2d\(3\): the batch statistics of channel\(s\) 2 are not finite"):
+    with pytest.raises(FloatingPointError, match=r"BatchNorm2d\(3\): the batch statistics of channel\(s\) 2 are not "
+                                                 r"finite: the input holds NaN or Inf"):
         bn(x)
     for k, v in bn.state_dict().items():
         assert torch.equal(v, before[k]), k
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_by_default_a_non_finite_channel_keeps_its_running_statistics(backend, bad):
+    """non_finite="skip": the other channels update, the bad one keeps its values, no error; the
+    output of that channel is non-finite, as torch's."""
+    bn, ref = normlab.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    x = torch.randn(4, 3, 2, 2)
+    bn(x), ref(x)
+    x = torch.randn(4, 3, 2, 2)
+    before = bn.running_var.clone()
+    x[1, 2, 0, 1] = bad
+    y = bn(x)
+    ref(x)
+    assert not torch.isfinite(y[:, 2]).all() and torch.isfinite(y[:, :2]).all()
+    assert torch.equal(bn.running_var[2], before[2]) and torch.equal(bn.running_mean[2], bn.running_mean[2])
+    torch.testing.assert_close(bn.running_var[:2], ref.running_var[:2])
+    assert bn.num_batches_tracked.item() == 2
+
+
+def test_warn_mode_skips_the_channel_and_says_so():
+    bn = normlab.BatchNorm1d(2, non_finite="warn")
+    before = bn.running_mean.clone()
+    with pytest.warns(RuntimeWarning, match=r"BatchNorm1d\(2\): the batch statistics of channel\(s\) 1 are not finite"):
+        bn(torch.tensor([[1.0, float("nan")], [2.0, 1.0]]))
+    assert torch.equal(bn.running_mean[1], before[1]) and bn.running_mean[0] != before[0]
+
+
 def test_non_finite_check_can_be_turned_off_to_behave_like_torch():
-    bn, ref = normlab.BatchNorm1d(2), torch.nn.BatchNorm1d(2)
-    bn.check_finite = False
+    bn, ref = normlab.BatchNorm1d(2, non_finite="propagate"), torch.nn.BatchNorm1d(2)
     x = torch.tensor([[1.0, float("nan")], [2.0, 1.0], [3.0, 0.0]])
     torch.testing.assert_close(bn(x), ref(x), equal_nan=True)
     assert torch.isnan(bn.running_mean[1]) and not torch.isnan(bn.running_mean[0])
@@ -82,12 +108,17 @@ def test_non_finite_input_in_eval_stays_where_it_is():
 
 
 def test_constructor_arguments_are_checked():
-    with pytest.raises(ValueError, match=r"BatchNorm1d: momentum .* must lie in \[0, 1\].*got 1.5"):
-        normlab.BatchNorm1d(3, momentum=1.5)
+    with pytest.warns(UserWarning, match=r"BatchNorm1d: momentum=1.5 lies outside \[0, 1\]"):
+        assert normlab.BatchNorm1d(3, momentum=1.5).momentum == 1.5  # torch accepts it
     with pytest.raises(ValueError, match="num_features must be a positive int"):
         normlab.BatchNorm2d(0)
-    with pytest.raises(ValueError, match="eps must be non-negative"):
+    with pytest.raises(ValueError, match=r"eps must be a finite number >= 0, got -1.0"):
         normlab.BatchNorm2d(3, eps=-1.0)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="BatchNorm2d: eps must be a finite number"):
+            normlab.BatchNorm2d(3, eps=bad)
+        with pytest.raises(ValueError, match="BatchNorm2d: momentum is the weight of the new batch.* a finite number"):
+            normlab.BatchNorm2d(3, momentum=bad)
 
 
 def test_unknown_backend():
@@ -108,3 +139,28 @@ def test_unknown_backend():
 def test_variants_name_themselves(layer, x, message):
     with pytest.raises(ValueError, match=message):
         layer(x)
+
+
+def test_warn_mode_composes_with_amp_grad_scaler_skipping_a_step():
+    """An overflowing step under AMP: the GradScaler skips the optimizer step, the batch norm keeps its
+    running statistics and warns; training goes on from the same state as if the step never came."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), normlab.BatchNorm1d(3, non_finite="warn"))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    good = torch.randn(8, 4)
+    bad = good.clone()
+    bad[0, 0] = float("inf")  # what an overflow upstream gives
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.warns(RuntimeWarning, match=r"BatchNorm1d\(3\): the batch statistics of channel\(s\) 0, 1, 2 are not finite"):
+        loss = model(bad).square().mean()
+    scaler.scale(loss).backward()
+    scaler.step(opt)  # skipped: the gradients are not finite
+    scaler.update()
+    opt.zero_grad()
+    assert scaler.get_scale() < 2.0**16
+    for k, v in model.state_dict().items():
+        if k != "1.num_batches_tracked":  # the step counts, as torch's batch norm counts it
+            assert torch.equal(v, state[k]), k
+    model(good).square().mean().backward()
+    assert torch.isfinite(model[1].running_var).all()

@@ -87,14 +87,27 @@ def test_state_dict_moves_both_ways(case, tmp_path):
     assert ours._version == theirs._version
 
 
-def test_checkpoint_from_before_num_batches_tracked():
+@pytest.mark.parametrize("version", [1, None])
+def test_checkpoint_without_num_batches_tracked_keeps_the_count_as_torch_does(version):
+    """torch's own loading (PyTorch's test_batchnorm_load_state_dict): a checkpoint from before
+    num_batches_tracked existed leaves the layer's count, which momentum=None and the batch
+    renormalization schedule read."""
     sd = torch.nn.BatchNorm2d(3).state_dict()
     del sd["num_batches_tracked"]
-    sd._metadata = {"": {"version": 1}}
+    sd._metadata = {"": {} if version is None else {"version": version}}
+    counts = []
+    for layer in (normlab.BatchNorm2d(3), torch.nn.BatchNorm2d(3), normlab.BatchRenorm2d(3)):
+        layer.num_batches_tracked.fill_(7)
+        layer.load_state_dict(sd)
+        counts.append(layer.num_batches_tracked.item())
+    assert counts[0] == counts[1] == counts[2]
     bn = normlab.BatchNorm2d(3)
-    bn.num_batches_tracked.fill_(7)
-    bn.load_state_dict(sd)
-    assert bn.num_batches_tracked.item() == 0
+    bn.num_batches_tracked.fill_(10)
+    ref = torch.nn.BatchNorm2d(3)
+    ref.num_batches_tracked.fill_(10)
+    bn.load_state_dict({"weight": torch.ones(3)}, strict=False)
+    ref.load_state_dict({"weight": torch.ones(3)}, strict=False)
+    assert bn.num_batches_tracked.item() == ref.num_batches_tracked.item()
 
 
 def test_constructor_matches_torch():
@@ -140,3 +153,40 @@ def test_momentum_none_is_the_cumulative_average(backend):
 def test_batch_of_one_in_eval_mode_works():
     bn = normlab.BatchNorm1d(4).eval()
     assert bn(torch.randn(1, 4)).shape == (1, 4)
+
+
+@pytest.mark.parametrize("shape,cls,dim", [((6, 7, 5), normlab.BatchNorm1d, -1), ((4, 3, 3, 5), normlab.BatchNorm2d, -1),
+                                           ((4, 5, 3, 3), normlab.BatchNorm2d, 1), ((3, 2, 5, 2, 2), normlab.BatchNorm3d, 2)])
+def test_channel_dim_is_torchs_layer_on_the_transposed_input(backend, shape, cls, dim):
+    """BatchNorm1d(C, channel_dim=-1) on (N, L, C) token batches: exactly torch's layer on x.transpose(1, -1),
+    outputs, input and parameter gradients, running statistics, in training and eval."""
+    channels = shape[dim]
+    ours, theirs = cls(channels, channel_dim=dim), getattr(torch.nn, cls.__name__)(channels)
+    with torch.no_grad():
+        theirs.weight.uniform_(0.5, 1.5), theirs.bias.normal_()
+    ours.load_state_dict(theirs.state_dict())
+    gen = torch.Generator().manual_seed(0)
+    for step in range(2):
+        x = 3 * torch.randn(shape, generator=gen) + step
+        dy = torch.randn(shape, generator=gen)
+        xo, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
+        yo = ours(xo)
+        yt = theirs(xt.movedim(dim, 1)).movedim(1, dim)
+        yo.backward(dy), yt.backward(dy)
+        assert_rel(yo, yt, 1e-5, "output")
+        assert_rel(xo.grad, xt.grad, 1e-5, "input grad")
+    for name in ("weight", "bias"):
+        assert_rel(getattr(ours, name).grad, getattr(theirs, name).grad, 1e-5, name)
+    for (k, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+        assert_rel(a, b, 1e-6, k)
+    ours.eval(), theirs.eval()
+    assert_rel(ours(x), theirs(x.movedim(dim, 1)).movedim(1, dim), 1e-5, "eval")
+    assert f"channel_dim={dim}" in repr(ours) if dim != 1 else "channel_dim" not in repr(ours)
+
+
+def test_channel_dim_errors_say_where_the_channels_are():
+    bn = normlab.BatchNorm1d(4, channel_dim=-1)
+    with pytest.raises(ValueError, match=r"BatchNorm1d\(4\): expected 4 channels in dim -1 of the input, got 5"):
+        bn(torch.randn(2, 3, 5))
+    with pytest.raises(ValueError, match=r"expected a 2-D \(N, C\) or 3-D \(N, C, L\) input with the channels in dim -1"):
+        bn(torch.randn(2, 3, 5, 4))

@@ -98,7 +98,7 @@ def test_bad_input_names_the_layer():
         frozen(torch.randn(4))
     with pytest.raises(TypeError, match=r"FrozenBatchNorm\(4\): expected a floating-point input"):
         frozen(torch.ones(2, 4, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"FrozenBatchNorm\(4\): the checkpoint's 'weight' has shape \(8,\)"):
+    with pytest.raises(RuntimeError, match=r"FrozenBatchNorm\(4\): the checkpoint's 'weight' has shape \(8,\)"):
         frozen.load_state_dict(torch.nn.BatchNorm2d(8).state_dict())
     with pytest.raises(ValueError, match="num_features must be a positive int"):
         normlab.FrozenBatchNorm(0)

@@ -122,7 +122,7 @@ def test_mean_only_batch_norm_one_value_per_channel(backend):
 def test_mismatched_state_dict_names_the_layer(theirs, ours, name):
     sd = {f"1.{k}": v for k, v in theirs().state_dict().items()}
     model = nn.Sequential(nn.Identity(), ours())
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(RuntimeError, match=name):
         model.load_state_dict(sd)
 
 
@@ -160,8 +160,8 @@ def test_data_dependent_init_refuses_what_it_cannot_initialize():
     "call,message",
     [
         (lambda: NF.layer_norm(torch.randn(2, 3), 3, torch.ones(1)), r"layer_norm: expected weight of shape \(3,\), got \(1,\)"),
-        (lambda: NF.layer_norm(torch.randn(2, 3), 3, eps=0.0), "layer_norm: eps must be positive, got 0.0"),
-        (lambda: NF.rms_norm(torch.randn(2, 3), 3, eps=-1.0), "rms_norm: eps must be positive"),
+        (lambda: NF.layer_norm(torch.randn(2, 3), 3, eps=float("nan")), "layer_norm: eps must be a finite number >= 0, got nan"),
+        (lambda: NF.rms_norm(torch.randn(2, 3), 3, eps=-1.0), "rms_norm: eps must be a finite number >= 0"),
         (lambda: NF.instance_norm(torch.randn(2, 3, 4), use_input_stats=False), "instance_norm: use_input_stats=False needs running_mean and running_var"),
     ],
 )
@@ -173,7 +173,32 @@ def test_functional_forms_refuse_silent_mistakes(backend, call, message):
 def test_constructor_arguments_are_checked():
     with pytest.raises(ValueError, match=r"LayerNorm: normalized_shape must be positive ints, got \(0,\)"):
         normlab.LayerNorm((0,))
-    with pytest.raises(ValueError, match=r"RMSNorm\(\(3,\)\): eps must be non-negative, got -1"):
+    with pytest.raises(ValueError, match=r"RMSNorm\(\(3,\)\): eps must be a finite number >= 0, got -1"):
         normlab.RMSNorm(3, eps=-1)
-    with pytest.raises(ValueError, match=r"GroupNorm\(0, 4\): num_groups and num_channels must be positive ints"):
+    with pytest.raises(ValueError, match=r"GroupNorm\(0, 4\): num_groups must be a positive int, got 0"):
         normlab.GroupNorm(0, 4)
+    for bad in (float("nan"), float("inf"), -1e-3):
+        for build in (lambda: normlab.LayerNorm(3, eps=bad), lambda: normlab.GroupNorm(1, 3, eps=bad),
+                      lambda: normlab.InstanceNorm1d(3, eps=bad), lambda: normlab.RMSNorm(3, eps=bad)):
+            with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+                build()
+    with pytest.raises(ValueError, match="InstanceNorm2d: momentum is the weight of the new batch"):
+        normlab.InstanceNorm2d(3, momentum=float("nan"))
+
+
+@pytest.mark.parametrize("build", [lambda m: m.LayerNorm(3, eps=0.0), lambda m: m.GroupNorm(1, 3, 0.0),
+                                   lambda m: m.InstanceNorm1d(3, eps=0.0), lambda m: m.RMSNorm(3, eps=0.0)])
+def test_eps_zero_is_accepted_as_torch_does_with_a_warning(build):
+    with pytest.warns(UserWarning, match="eps=0 divides by zero"):
+        ours = build(normlab)
+    x = torch.randn(4, 3, 3)
+    torch.testing.assert_close(ours(x), build(torch.nn)(x))
+
+
+def test_batch_norm_with_eps_zero_builds_and_evaluates_but_refuses_training_as_torch_does():
+    with pytest.warns(UserWarning, match="eps=0 divides by zero"):
+        bn = normlab.BatchNorm1d(3, eps=0.0)
+    with pytest.raises(ValueError, match=r"BatchNorm1d\(3\): eps must be a finite number > 0, got 0.0"):
+        bn(torch.randn(4, 3))
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(bn.eval()(x), torch.nn.BatchNorm1d(3, eps=0.0).eval()(x))

@@ -26,7 +26,7 @@ def test_resnet_style_model():
     model = resnet_style().eval()
     before = copy.deepcopy(model.state_dict())
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    result = normlab.fold_batchnorm(model)
+    result = normlab.fold_batchnorm(model, x)  # the example input shows the Linear's output is (N, features)
     folded = result.model
     with torch.no_grad():
         assert_rel(folded(x), model(x), 1e-5, "folded vs original")
@@ -81,8 +81,8 @@ def test_linear_and_float64(affine):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 3), nn.BatchNorm1d(3, affine=affine)).double().eval()
     randomize_batchnorm(model)
-    folded = normlab.fold_batchnorm(model).model
     x = torch.randn(4, 5, dtype=torch.float64)
+    folded = normlab.fold_batchnorm(model, x).model
     assert folded[0].weight.dtype == torch.float64
     with torch.no_grad():
         assert_rel(folded(x), model(x), 1e-12)

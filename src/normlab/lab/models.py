@@ -64,7 +64,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import normlab.nn as nlnn
-from normlab.nn._base import NormBase
+from torch.nn.modules.batchnorm import _NormBase as NormBase  # batch and instance norms: they have a momentum
 
 __all__ = [
     "ModelSpec", "NORMS", "TIME_NORMS", "ACTIVATIONS", "HEADS", "WEIGHTED", "KERAS", "build", "macs",

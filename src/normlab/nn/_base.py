@@ -1,179 +1,159 @@
-"""The state shared by every normalization with per-channel parameters and statistics.
+"""What every normlab layer adds to the torch class it subclasses.
 
-:class:`NormBase` owns what batch norm and instance norm have in common: the
-parameters ``weight`` and ``bias``, the buffers ``running_mean``, ``running_var`` and
-``num_batches_tracked``, their initialization, the momentum rule, checkpoint loading
-and the input checks. Names, shapes, defaults and the ``state_dict`` version are
-torch.nn's, so checkpoints move between torch and normlab in both directions.
-Subclasses state only what differs: the input layouts they accept (``_layouts``) and
-their forward.
+A normlab layer is an instance of its torch.nn counterpart (``normlab.BatchNorm2d`` is a
+``torch.nn.BatchNorm2d``, ``normlab.LayerNorm`` a ``torch.nn.LayerNorm``, ...) and keeps
+torch's parameters, buffers, ``reset_*`` methods, ``state_dict`` version and checkpoint
+loading. :class:`Layer`, first among its bases, adds what every layer shares:
 
-The two checks every normlab layer makes, with or without this base, are functions
-here: :func:`check_tensor` (a floating-point tensor) and :func:`check_checkpoint_shapes`
-(a ``state_dict`` of the layer's own shapes), each naming the layer in its error.
+- ``_name``, how messages name the layer: ``BatchNorm2d(64)``;
+- checkpoint checks before torch's own loading: a tensor of another shape, and running
+  statistics that can only give NaN (a negative or non-finite variance, a non-finite
+  mean), are refused: nothing is loaded into the layer, and ``load_state_dict`` raises
+  torch's RuntimeError with a message naming the layer and the key (after loading the
+  rest, as torch does for a tensor of the wrong size);
+- tracing: under ``torch.fx`` symbolic tracing the call is recorded as one ``call_module``
+  node (what fx records for torch.nn's own layers, which it keeps as leaves), so the graph
+  runs the layer itself; ``torch.jit.script`` is refused with a clear message by the
+  layers torch has no scriptable counterpart for;
+- the constructor checks torch makes too late or not at all: sizes that are integers
+  (NumPy's included) and positive, an ``eps`` and a ``momentum`` that are finite numbers.
 """
 
 from __future__ import annotations
 
+import numbers
+import operator
+import warnings
+
 import torch
 from torch import nn
 
-__all__ = ["NormBase", "check_checkpoint_shapes", "check_tensor", "register_affine", "reset_affine"]
+from ..functional import check_eps, check_momentum
+
+__all__ = ["Layer", "as_size", "check_arguments", "fx_leaf"]
 
 
-def check_tensor(name: str, input) -> None:
-    """Raise a clear error, naming the layer ``name``, unless ``input`` is a floating-point tensor."""
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(input).__name__}")
-    if not input.is_floating_point():
-        raise TypeError(
-            f"{name}: expected a floating-point input (float16, bfloat16, float32 or "
-            f"float64), got {input.dtype}; convert it first, e.g. x.float()"
+def as_size(value, what: str, who: str) -> int:
+    """``value`` as a positive int (a NumPy integer counts), or a clear ValueError."""
+    try:
+        size = operator.index(value)
+    except TypeError:
+        size = None
+    if size is None or isinstance(value, bool) or size < 1:
+        raise ValueError(f"{who}: {what} must be a positive int, got {value!r}")
+    return size
+
+
+def check_arguments(who: str, eps=None, momentum=None, *, eps_may_be_none: bool = False) -> None:
+    """Refuse an ``eps`` or a ``momentum`` that can only give NaN; warn where torch's values are dubious."""
+    if not (eps is None and eps_may_be_none):
+        check_eps(eps, who)
+        if eps == 0:
+            warnings.warn(f"{who}: eps=0 divides by zero (NaN or Inf) wherever a group of values is constant",
+                          stacklevel=4)
+    check_momentum(momentum, who)
+    if momentum is not None and not 0 <= momentum <= 1:
+        warnings.warn(
+            f"{who}: momentum={momentum} lies outside [0, 1]: the running statistics then extrapolate rather "
+            "than average (momentum is the weight of the new batch, torch's convention)",
+            stacklevel=4,
         )
 
 
-def check_checkpoint_shapes(name: str, module: nn.Module, state_dict, prefix: str) -> None:
-    """Raise a clear error if ``state_dict`` holds a parameter or buffer of ``module`` in another shape.
+def fx_leaf(module: nn.Module, *args):
+    """Record ``module(*args)`` (trailing Nones dropped) as one call in the torch.fx graph being traced.
 
-    Scalars are left to torch, which also accepts them saved as one-element vectors.
+    The layer being traced as the root of the graph (``symbolic_trace(layer)``) cannot be a call
+    to itself: its graph is then the torch operations of the computation TorchScript compiles
+    (``_scripted_forward``), with the layer's options fixed as they are, as fx fixes them when
+    it traces torch's own layers.
     """
-    for key, mine in (*module._parameters.items(), *module._buffers.items()):
-        theirs = state_dict.get(prefix + key)
-        if mine is not None and mine.dim() and isinstance(theirs, torch.Tensor) and theirs.shape != mine.shape:
-            raise ValueError(
-                f"{name}: the checkpoint's '{prefix + key}' has shape {tuple(theirs.shape)}, "
-                f"expected {tuple(mine.shape)}; it was saved from a layer of another size"
-            )
+    while args and args[-1] is None:
+        args = args[:-1]
+    tracer = args[0].tracer
+    path = tracer.path_of_module(module)
+    if path:
+        return tracer.create_proxy("call_module", path, args, {})
+    for extra in args[1:]:  # the root's optional arguments are placeholders: they must stay unused
+        if not (isinstance(extra, torch.fx.Proxy) and extra.node.op == "placeholder" and extra.node.args == (None,)):
+            raise RuntimeError(f"{module._name}: traced on its own (as the root), the graph of this layer cannot take "
+                               f"its optional arguments; trace a model that contains it")
+        tracer.create_proxy("call_function", refuse_given, (extra, module._name), {})
+    return module._traced_alone(args[0])
 
 
-def register_affine(module: nn.Module, shape, affine: bool, bias: bool, factory: dict) -> None:
-    """Give ``module`` a ``weight`` and (if ``bias``) a ``bias`` parameter of ``shape``, or None."""
-    module.register_parameter("weight", nn.Parameter(torch.empty(shape, **factory)) if affine else None)
-    module.register_parameter("bias", nn.Parameter(torch.empty(shape, **factory)) if affine and bias else None)
+def refuse_given(value, name: str) -> None:
+    """In the graph of a layer traced on its own: its optional argument (a mask, a residual) must not be given."""
+    if value is not None:
+        raise RuntimeError(f"{name}: this graph was traced without the layer's optional argument, so it cannot take one")
 
 
-def reset_affine(module: nn.Module) -> None:
-    """Weight 1, bias 0: the identity map, where the layer has them."""
-    if module.weight is not None:
-        nn.init.ones_(module.weight)
-    if module.bias is not None:
-        nn.init.zeros_(module.bias)
+class Layer:
+    """Mixin, first among a normlab layer's bases (see the module docstring)."""
 
-
-class NormBase(nn.Module):
-    """Base of the batch- and instance-norm layers: parameters, running statistics, checks."""
-
-    _version = 2  # torch.nn's: version 2 added num_batches_tracked
-    _layouts: dict[int, str] = {}  # accepted input rank -> its layout, for error messages
-
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device=None,
-        dtype=None,
-        *,
-        bias: bool = True,
-    ) -> None:
-        super().__init__()
-        name = type(self).__name__
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"{name}: num_features must be a positive int, got {num_features!r}")
-        if eps < 0:
-            raise ValueError(f"{name}: eps must be non-negative, got {eps}")
-        if momentum is not None and not 0 <= momentum <= 1:
-            raise ValueError(
-                f"{name}: momentum is the weight of the new batch in the running averages and "
-                f"must lie in [0, 1], or be None for the cumulative average; got {momentum}"
-            )
-        factory = {"device": device, "dtype": dtype}
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        register_affine(self, num_features, affine, bias, factory)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer(
-                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-            )
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-        self.reset_parameters()
-
-    # --- state --------------------------------------------------------------------------
-
-    def reset_running_stats(self) -> None:
-        """Running mean 0, running variance 1, no batch seen."""
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
-
-    def reset_parameters(self) -> None:
-        """Running statistics reset, weight 1, bias 0."""
-        self.reset_running_stats()
-        reset_affine(self)
-
-    def _momentum_for_this_batch(self) -> float:
-        """Count the batch (in training, when tracking) and return its weight in the running average.
-
-        ``momentum=None`` makes it the cumulative average: the n-th batch weighs 1/n.
-        """
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                return 1.0 / float(self.num_batches_tracked)
-        return 0.0 if self.momentum is None else self.momentum
-
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ):
-        version = local_metadata.get("version", None)
-        key = prefix + "num_batches_tracked"
-        if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
-            # checkpoints from before num_batches_tracked existed
-            state_dict[key] = torch.tensor(0, dtype=torch.long)
-        check_checkpoint_shapes(self._name, self, state_dict, prefix)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-
-    # --- input checks -------------------------------------------------------------------
+    _scriptable = True  # False where torch has no scriptable counterpart: torch.jit.script then says so
+    __jit_unused_properties__ = ["_name"]  # Python only: torch.jit.script leaves it out
 
     @property
     def _name(self) -> str:
-        return f"{type(self).__name__}({self.num_features})"
+        size = getattr(self, "num_features", None)
+        return type(self).__name__ + ("" if size is None else f"({size})")
 
-    def _check_input(self, input) -> None:
-        """Raise a clear error for anything but a floating input of an accepted layout."""
-        check_tensor(self._name, input)
-        layouts = type(self)._layouts  # not self._layouts: torch 2.4's dynamo cannot read a class's dict through self
-        if input.dim() not in layouts:
-            expected = " or ".join(f"{r}-D {layout}" for r, layout in layouts.items())
-            raise ValueError(
-                f"{self._name}: expected a {expected} input, got a {input.dim()}-D input of "
-                f"shape {tuple(input.shape)}"
-            )
-        self._check_channels(input, 1)
-
-    def _check_channels(self, input, dim: int) -> None:
-        """Raise unless dim ``dim`` of ``input`` holds ``num_features`` channels."""
-        if input.shape[dim] != self.num_features:
-            raise ValueError(
-                f"{self._name}: expected {self.num_features} channels in dim {dim} of the input, got "
-                f"{input.shape[dim]} (input shape {tuple(input.shape)})"
-            )
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}"
+    def _traced_alone(self, input):
+        """What torch.fx records for this layer traced as the root of a graph: its computation in torch
+        operations (see :func:`fx_leaf`); refused where that would take Python control flow on the input."""
+        raise RuntimeError(
+            f"{self._name}: torch.fx traces this layer as one call inside a model; traced on its own (as the root), "
+            "its graph would have to spell out its computation, which depends on the input's values or rank: "
+            "trace a model that contains it"
         )
+
+    def _options_torch_lacks(self) -> list[str]:
+        """The options set on this layer that its torch class has not (``normlab.convert`` asks)."""
+        return []
+
+    def __prepare_scriptable__(self):  # torch.jit.script asks this first
+        if not self._scriptable:
+            raise RuntimeError(
+                f"{self._name}: torch.jit.script is not supported (torch has no such layer to script); use "
+                "torch.compile, torch.export or torch.jit.trace"
+            )
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        refused = self._refuse_checkpoint(state_dict, prefix)
+        if refused:
+            error_msgs.append(f"{refused}; nothing was loaded into this layer")
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _refuse_checkpoint(self, state_dict, prefix) -> str | None:
+        """Why this layer cannot take ``state_dict``'s tensors, or None."""
+        for key, mine in (*self._parameters.items(), *self._buffers.items()):
+            theirs = state_dict.get(prefix + key)
+            if mine is None or not isinstance(theirs, torch.Tensor):
+                continue
+            if mine.dim() and theirs.shape != mine.shape:  # scalars are torch's to judge (it takes (1,) too)
+                return (f"{self._name}: the checkpoint's '{prefix + key}' has shape {tuple(theirs.shape)}, expected "
+                        f"{tuple(mine.shape)}; it was saved from a layer of another size")
+            if key in ("running_mean", "running_var") and not theirs.is_meta and theirs.is_floating_point():
+                bad = ~torch.isfinite(theirs) | (theirs < 0 if key == "running_var" else False)
+                if bool(bad.any()):
+                    channels = torch.nonzero(bad.flatten()).flatten().tolist()
+                    return (f"{self._name}: the checkpoint's '{prefix + key}' holds "
+                            f"{'negative or non-finite' if key == 'running_var' else 'non-finite'} values (channel(s) "
+                            f"{', '.join(map(str, channels[:8]))}{', ...' if len(channels) > 8 else ''}), which can "
+                            "only give NaN")
+        return None
+
+
+def positive_ints(values, what: str, who: str) -> tuple[int, ...]:
+    """A shape of positive ints (``normalized_shape``), NumPy integers accepted."""
+    shape = (values,) if isinstance(values, numbers.Integral) else tuple(values)
+    try:
+        return tuple(as_size(v, what, who) for v in shape) if shape else as_size(None, what, who)
+    except ValueError:
+        raise ValueError(f"{who}: {what} must be positive ints, got {values!r}") from None
+

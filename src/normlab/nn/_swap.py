@@ -23,7 +23,10 @@ def replace_modules(model: nn.Module, convert: Callable[[nn.Module, str], nn.Mod
             replacement = convert(module, name)
             if replacement is None:
                 replacement = module
-                for child_name, child in list(module.named_children()):
+                # every registration, not named_children(), which skips a module's second place in one parent
+                for child_name, child in list(module._modules.items()):
+                    if child is None:
+                        continue
                     new = visit(child, f"{name}.{child_name}" if name else child_name)
                     if new is not child:
                         setattr(module, child_name, new)

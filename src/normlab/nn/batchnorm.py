@@ -1,27 +1,42 @@
-"""Batch normalization and its variants, drop-in for torch.nn.BatchNorm1d/2d/3d.
+"""Batch normalization and its variants, each an instance of the torch class it stands in for.
 
-- :class:`BatchNorm1d`, :class:`BatchNorm2d`, :class:`BatchNorm3d` (Ioffe & Szegedy 2015)
-- :class:`BatchRenorm1d`, :class:`BatchRenorm2d`, :class:`BatchRenorm3d` (Ioffe 2017)
-- :class:`GhostBatchNorm` (Hoffer, Hubara & Soudry 2017)
-- :class:`FrozenBatchNorm` (fixed statistics and affine, as torchvision's FrozenBatchNorm2d)
+- :class:`BatchNorm1d`, :class:`BatchNorm2d`, :class:`BatchNorm3d` (Ioffe & Szegedy 2015):
+  ``torch.nn.BatchNorm1d/2d/3d``
+- :class:`BatchRenorm1d`, :class:`BatchRenorm2d`, :class:`BatchRenorm3d` (Ioffe 2017):
+  ``torch.nn.BatchNorm1d/2d/3d`` too
+- :class:`GhostBatchNorm` (Hoffer, Hubara & Soudry 2017): torch's ``_BatchNorm``
+- :class:`FrozenBatchNorm` (fixed statistics and affine, as torchvision's FrozenBatchNorm2d):
+  a plain ``nn.Module``, as torchvision's is (see its docstring for why)
 
-Everything the trainable layers share lives in :class:`_BatchNorm` (and, below it,
-:class:`normlab.nn._base.NormBase`): the train/eval logic, masked statistics for padded
-sequences (``forward(x, mask)``), freezing (:meth:`_BatchNorm.freeze`), the policy for a
-batch with one value per channel, and the guard on the running statistics. A variant
-states only what differs: renormalization its clipping limits, ghost batch norm its
-virtual batches; ``normlab.nn.sync`` only where the statistics are taken.
+The variants inherit from batch norm, as timm's norm-act layers do, for what the rest of
+the ecosystem then does with them: their ``state_dict`` is batch norm's (a
+``torch.nn.BatchNorm2d`` checkpoint loads, and back), code that finds normalization
+layers by type finds them (``torch.optim.swa_utils.update_bn`` recomputes their
+statistics, FSDP keeps them in float32, ``torch.func.replace_all_batch_norm_modules_``
+sees them), and their inference map is batch norm's, which is what folding and fusing
+with a convolution use. What torch's tools cannot know about a variant is in its docstring.
+
+Torch's state handling is used as it is; the layers hold state and resolve what a call
+means (training or not, update or not, the momentum, the renormalization limits), and
+:func:`normlab.functional.batch_norm_train` does the rest, with the layer's name in its
+messages. Everything the trainable layers add to torch's lives in :class:`_BatchNorm`:
+masked statistics for padded sequences (``forward(x, mask)``), freezing
+(:meth:`_BatchNorm.freeze`), the policy for a batch with one value per channel, the
+guard on the running statistics, and ``channel_dim`` for channels in another axis.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .. import functional
-from ..activation import Activation
+from ..activation import DEFAULT_PARAM, Activation
 from ..autograd import Statistics
-from ._base import NormBase, check_checkpoint_shapes
+from ._base import Layer, as_size, check_arguments, fx_leaf
 
 __all__ = [
     "BatchNorm1d",
@@ -39,12 +54,27 @@ LAYOUTS_2D = {4: "(N, C, H, W)"}
 LAYOUTS_3D = {5: "(N, C, D, H, W)"}
 ANY_LAYOUT = {**LAYOUTS_1D, **LAYOUTS_2D, **LAYOUTS_3D}
 
-ONE_VALUE_POLICIES = ("raise", "running_stats", "skip_update")
 FREEZE_MODES = {"statistics": (True, False), "affine": (False, True), "both": (True, True)}
 
 
-class _BatchNorm(NormBase):
-    r"""Batch normalization over dim 1 of the input.
+def check_layout(who, input, channel_dim: int = 1) -> None:
+    """Raise a clear ValueError (torch's type for a wrong rank) unless ``input`` has a rank in the layer
+    ``who``'s ``_layouts`` (its class attribute: rank -> layout, for the message)."""
+    if torch.compiler.is_compiling():  # eager checks only: torch 2.4's dynamo cannot read a dict that is a
+        return                          # class attribute, and a trace guards on the shapes it saw anyway
+    layouts = type(who)._layouts
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{functional.label(who)}: expected a torch.Tensor, got {type(input).__name__}")
+    if input.dim() not in layouts:
+        expected = " or ".join(f"{r}-D {layout}" for r, layout in layouts.items()) + " input"
+        if channel_dim != 1:
+            expected += f" with the channels in dim {channel_dim}"
+        raise functional.ShapeError(f"{functional.label(who)}: expected a {expected}, got a {input.dim()}-D "
+                                    f"input of shape {tuple(input.shape)}")
+
+
+class _BatchNorm(Layer, nn.modules.batchnorm._BatchNorm):
+    r"""Batch normalization over the channel axis (dim 1) of the input.
 
     Training:  :math:`y = \gamma \, (x - \mu_B) / \sqrt{\sigma_B^2 + \epsilon} + \beta`, with the
     mean and biased variance of each channel over the batch (and every axis after dim 1),
@@ -54,32 +84,43 @@ class _BatchNorm(NormBase):
     Evaluation: the same map with the running statistics, an affine map per channel.
     With ``track_running_stats=False`` the batch statistics are used in both modes.
 
-    Arguments, parameters, buffers and ``state_dict`` keys are torch.nn's. normlab adds:
+    Arguments, parameters, buffers and ``state_dict`` keys are torch.nn's (an instance
+    is one of torch's, see ``normlab.nn.batchnorm``). normlab adds:
 
-    - ``forward(x, mask)``: ``mask`` (bool, the input's shape without dim 1, e.g.
-      ``(N, L)`` for ``(N, C, L)``) is False at padded positions, which the batch
+    - ``forward(x, mask)``: ``mask`` (bool, the input's shape without the channel axis,
+      e.g. ``(N, L)`` for ``(N, C, L)``) is False at padded positions, which the batch
       statistics then ignore, as Keras's BatchNormalization does with masks. Every
       position is still normalized; inference is unchanged.
     - :meth:`freeze` ``("statistics" | "affine" | "both")``: a freeze that survives
       ``model.train()``, usable as a context manager.
-    - ``one_value_per_channel`` (keyword): what a training batch with a single value per
-      channel does: ``"raise"`` a clear error (default; batch statistics are undefined),
-      normalize it with the ``"running_stats"`` without updating them, or ``"skip_update"``:
-      normalize it with its own statistics (a single value normalizes to 0, so the
-      output is beta) and leave the running statistics as they were.
+    - keywords after torch's arguments:
 
-    Non-finite inputs: NaN or Inf in a channel make that channel's batch statistics,
-    and so its whole output, non-finite, as in torch. What normlab adds: a training
-    step that would write non-finite values into the running statistics raises
-    ``FloatingPointError`` naming the layer and the channels, and leaves the running
-    statistics as they were (as does any step that raises). Set ``check_finite = False``
-    (on a layer or on the class) to skip that check, which on a GPU waits for the device
-    once per call.
+      - ``one_value_per_channel``: what a training batch with a single value per channel
+        does: ``"raise"`` a clear error (default; batch statistics are undefined),
+        normalize it with the ``"running_stats"`` without updating them, or
+        ``"skip_update"``: normalize it with its own statistics (a single value
+        normalizes to 0, so the output is beta) and leave the running statistics alone.
+      - ``non_finite``: what a training batch whose statistics are not finite (NaN or Inf
+        in the input, or a variance that overflows) does to the running statistics:
+        ``"skip"`` (default) leaves those channels' values as they were, decided on the
+        device (no synchronization with a GPU, the same under torch.compile);
+        ``"warn"`` also warns and ``"raise"`` raises FloatingPointError, naming the layer
+        and the channels (both read the result on the host: on a GPU, one
+        synchronization per training step); ``"propagate"`` lets them in, as torch does.
+        The output of such a channel is non-finite in every mode, as in torch.
+      - ``channel_dim``: the axis that holds the channels (default 1, torch's). With
+        ``channel_dim=-1`` a ``BatchNorm1d(C)`` normalizes ``(N, L, C)`` token batches,
+        exactly as torch's layer does on ``x.transpose(1, 2)``.
+
+    torch's tools: ``swa_utils.update_bn`` resets and recomputes the statistics (a layer
+    whose statistics are frozen refuses the reset, since it would keep the reset values);
+    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` makes a torch SyncBatchNorm of it,
+    which keeps the parameters and statistics but none of the above (normlab's
+    ``convert_sync_batchnorm`` keeps them); ``torch.jit.script`` compiles torch's
+    computation with the freeze and the ``non_finite`` guard, without masks.
     """
 
-    check_finite: bool = True
-    frozen_statistics: bool = False  # see freeze()
-    frozen_affine: bool = False
+    _layouts: dict[int, str] = ANY_LAYOUT
 
     def __init__(
         self,
@@ -93,101 +134,166 @@ class _BatchNorm(NormBase):
         *,
         bias: bool = True,
         one_value_per_channel: str = "raise",
+        non_finite: str = "skip",
+        channel_dim: int = 1,
     ) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
-        if one_value_per_channel not in ONE_VALUE_POLICIES:
-            raise ValueError(
-                f"{self._name}: one_value_per_channel must be one of {ONE_VALUE_POLICIES}, got "
-                f"{one_value_per_channel!r}"
-            )
+        cls = type(self).__name__
+        num_features = as_size(num_features, "num_features", cls)
+        check_arguments(cls, eps, momentum)
+        # torch before 2.11 has no bias argument: build with one, then drop it
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
+        if affine and not bias:
+            self.register_parameter("bias", None)
+        _choice(self._name, "one_value_per_channel", one_value_per_channel, functional.ONE_VALUE_POLICIES)
+        _choice(self._name, "non_finite", non_finite, functional.NON_FINITE)
         if one_value_per_channel == "running_stats" and not track_running_stats:
-            raise ValueError(
-                f"{self._name}: one_value_per_channel='running_stats' needs running statistics, "
-                "but track_running_stats=False"
-            )
+            raise ValueError(f"{self._name}: one_value_per_channel='running_stats' needs running statistics, but "
+                             "track_running_stats=False")
+        if isinstance(channel_dim, bool) or not isinstance(channel_dim, int):
+            raise ValueError(f"{self._name}: channel_dim must be an int, got {channel_dim!r}")
         self.one_value_per_channel = one_value_per_channel
+        self.non_finite = non_finite
+        self.channel_dim = channel_dim
+        self.frozen_statistics = False
+        self.frozen_affine = False
+
+    # --- state --------------------------------------------------------------------------
+
+    def reset_parameters(self) -> None:
+        """Running statistics reset, weight 1, bias 0 (torch's, for a layer that may have no bias)."""
+        self.reset_running_stats()
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def reset_running_stats(self) -> None:
+        """Running mean 0, running variance 1, no batch seen. Refused while the statistics are frozen
+        (:meth:`freeze`), since they would keep the reset values: unfreeze them first."""
+        if getattr(self, "frozen_statistics", False):
+            raise RuntimeError(
+                f"{self._name}: its statistics are frozen (freeze('statistics')), so reset values would stay as "
+                "they are; call unfreeze('statistics') first (normlab.precise_batchnorm recomputes every other "
+                "batch norm and leaves frozen ones alone)"
+            )
+        super().reset_running_stats()
 
     # --- forward --------------------------------------------------------------------------
 
-    def forward(self, input: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def _check_input_dim(self, input) -> None:
+        check_layout(self, input, self.channel_dim)
+
+    def forward(self, input: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._scripted_forward(input)
         return self._forward(input, mask)
 
-    def _forward(self, input: torch.Tensor, mask: torch.Tensor | None, act: Activation | None = None) -> torch.Tensor:
-        """The forward pass; ``act`` is what follows the normalization (:class:`normlab.nn.BatchNormAct`'s)."""
-        self._check_input(input)
-        mask = functional.batch_mask(input, mask, self._name)
+    @torch.jit.unused
+    def _forward(self, input: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        return self._normalize(input, mask, None)
+
+    def _normalize(self, input, mask, act) -> Tensor:
+        """The forward pass, followed by ``act`` (:class:`normlab.nn.BatchNormAct`'s) when given."""
+        if isinstance(input, torch.fx.Proxy):
+            return fx_leaf(self, input, mask) if act is None else fx_leaf(self, input, act.residual)
+        self._check_input_dim(input)
+        x = input
+        if self.channel_dim != 1:  # the channels checked where the caller put them, then moved to dim 1
+            functional.check_tensor(input, self)
+            functional.check_channels(input, self, self.num_features, dim=self.channel_dim)
+            x = input.movedim(self.channel_dim, 1)
         weight, bias = self.weight, self.bias
         if self.frozen_affine:
-            weight, bias = (None if p is None else p.detach() for p in (weight, bias))
-        # Batch statistics in training, and in eval when there are no running ones.
-        if self.running_mean is not None and (not self.training or self.frozen_statistics):
-            return self._with_running_stats(input, weight, bias, act)
-        return self._restoring_running_stats(self._normalize_batch, input, mask, weight, bias, act)
+            weight = None if weight is None else weight.detach()
+            bias = None if bias is None else bias.detach()
+        running_mean, running_var = self.running_mean, self.running_var
+        if self.frozen_statistics:
+            if running_mean is None or running_var is None:
+                raise RuntimeError(f"{self._name}: its statistics are frozen, but it has no running statistics "
+                                   "(were they set to None, e.g. by torch.func.replace_all_batch_norm_modules_?)")
+            batch_statistics = False
+        else:  # torch's rule: batch statistics in training, and in eval without running statistics
+            batch_statistics = self.training or (running_mean is None and running_var is None)
+        if not batch_statistics:
+            y = functional.batch_norm_inference(x, running_mean, running_var, weight, bias, self.eps, act, who=self,
+                                                channels=self.num_features)
+        else:
+            track = self.training and self.track_running_stats
+            if self.training and not self.track_running_stats:
+                running_mean = running_var = None  # torch's rule: batch statistics, nothing updated
+            y = functional.batch_norm_train(
+                x, running_mean, running_var, weight, bias, self.momentum, self.eps,
+                update=track, num_batches_tracked=self.num_batches_tracked if track else None, mask=mask,
+                limits=self._renorm_limits(), virtual_batch_size=self._virtual_batch_size(), act=act,
+                statistics=self._statistics(), one_value=self.one_value_per_channel, non_finite=self.non_finite,
+                channels=self.num_features, who=self,
+            )  # fmt: skip
+        return y if self.channel_dim == 1 else y.movedim(1, self.channel_dim)
 
-    def _with_running_stats(self, input, weight, bias, act) -> torch.Tensor:
-        return functional.batch_norm_inference(input, self.running_mean, self.running_var, weight, bias, self.eps, act)
+    def _statistics(self):
+        """How the batch statistics are taken: a :class:`normlab.autograd.Statistics` class or factory
+        (``normlab.nn.sync``: over every rank of a process group)."""
+        return Statistics
 
-    def _normalize_batch(self, input, mask, weight, bias, act) -> torch.Tensor:
-        """Normalize with batch statistics, updating the running ones in training."""
-        statistics = self._statistics(input, mask)
-        update = self.training and self.track_running_stats
-        if functional.too_few_values(statistics, input):
-            if self.one_value_per_channel == "raise":
-                where = "" if mask is None else f" and {statistics.count} unmasked value(s) per channel"
-                raise ValueError(
-                    f"{self._name}: training needs more than one value per channel to compute batch "
-                    f"statistics, got an input of shape {tuple(input.shape)}{where}. Use a batch of at "
-                    "least 2 samples, or call .eval() to normalize with the running statistics (or "
-                    "choose another one_value_per_channel policy)."
-                )
-            if self.one_value_per_channel == "running_stats":
-                return self._with_running_stats(input, weight, bias, act)
-            update = False  # "skip_update"
-        rmax, dmax = self._renorm_limits()
-        momentum = self._momentum_for_this_batch() if update else 0.0
-        return functional.batch_normalize(
-            input, statistics, self.running_mean, self.running_var, weight, bias, momentum, self.eps, rmax, dmax, act
-        )
+    def _renorm_limits(self) -> tuple[float, float] | None:
+        """The clipping limits ``(rmax, dmax)`` of batch renormalization for this step; None: batch norm."""
+        return None
 
-    def _statistics(self, input, mask) -> Statistics:
-        """How the batch statistics are taken: over this batch (``normlab.nn.sync``: every rank's)."""
-        return Statistics(input, functional.batch_dims(input), mask)
+    def _virtual_batch_size(self) -> int | None:
+        """Ghost batch norm's virtual batch size; None: the whole batch."""
+        return None
 
-    def _renorm_limits(self) -> tuple[float, float]:
-        """The clipping limits ``(rmax, dmax)`` of batch renormalization; (1, 0) is batch norm."""
-        return 1.0, 0.0
+    def _scripted_forward(self, input: Tensor) -> Tensor:
+        """What ``torch.jit.script`` compiles (and torch.fx records for the layer traced alone): torch's
+        batch-norm forward with the freeze, ``channel_dim`` and the ``non_finite`` guard (no masks)."""
+        x = input if self.channel_dim == 1 else input.movedim(self.channel_dim, 1)
+        weight = self.weight
+        bias = self.bias
+        if self.frozen_affine:
+            if weight is not None:
+                weight = weight.detach()
+            if bias is not None:
+                bias = bias.detach()
+        batch_statistics = (self.training and not self.frozen_statistics) or (
+            self.running_mean is None and self.running_var is None)
+        update = batch_statistics and self.training and self.track_running_stats
+        factor = 0.0
+        num_batches_tracked = self.num_batches_tracked
+        if update and num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+            momentum = self.momentum
+            factor = 1.0 / float(num_batches_tracked) if momentum is None else momentum
+        running_mean: Optional[Tensor] = None
+        running_var: Optional[Tensor] = None
+        if update or not batch_statistics:
+            running_mean = self.running_mean
+            running_var = self.running_var
+        if update and self.non_finite != "propagate" and running_mean is not None and running_var is not None:
+            old_mean, old_var = running_mean.clone(), running_var.clone()
+            y = F.batch_norm(x, running_mean, running_var, weight, bias, batch_statistics, factor, self.eps)
+            ok = torch.isfinite(running_mean) & torch.isfinite(running_var)
+            if self.non_finite == "raise" and not bool(ok.all()):
+                running_mean.copy_(old_mean)
+                running_var.copy_(old_var)
+                raise RuntimeError("batch norm: the batch statistics are not finite (NaN or Inf in the input); the "
+                                   "running statistics were left as they were")
+            running_mean.copy_(torch.where(ok, running_mean, old_mean))
+            running_var.copy_(torch.where(ok, running_var, old_var))
+        else:
+            y = F.batch_norm(x, running_mean, running_var, weight, bias, batch_statistics, factor, self.eps)
+        return y if self.channel_dim == 1 else y.movedim(1, self.channel_dim)
 
-    def _restoring_running_stats(self, step, *args) -> torch.Tensor:
-        """``step(*args)``, leaving the running statistics as they were if it raises or would make
-        them non-finite. (A function, not a context manager: torch 2.4's dynamo cannot trace one.)"""
-        if not (self.training and self.track_running_stats) or torch.compiler.is_compiling():
-            return step(*args)
-        state = (self.running_mean, self.running_var, self.num_batches_tracked)
-        before = [t.clone() for t in state]
-        try:
-            output = step(*args)
-            if self.check_finite:
-                self._refuse_non_finite_update()
-        except BaseException:
-            with torch.no_grad():
-                for t, b in zip(state, before):
-                    t.copy_(b)
-            raise
-        return output
+    def _traced_alone(self, input):
+        if self._scriptable and self.one_value_per_channel == "raise" and (self.momentum is not None or not (
+                self.training and self.track_running_stats)):
+            return self._scripted_forward(input)
+        return super()._traced_alone(input)
 
-    def _refuse_non_finite_update(self) -> None:
-        """Raise if this step made the running statistics non-finite."""
-        finite = torch.isfinite(torch.stack((self.running_mean, self.running_var)))
-        if bool(finite.all()):
-            return
-        channels = torch.nonzero(~finite.all(0)).flatten().tolist()
-        shown = ", ".join(map(str, channels[:8])) + (", ..." if len(channels) > 8 else "")
-        raise FloatingPointError(
-            f"{self._name}: the batch statistics of channel(s) {shown} are not finite: the input "
-            "holds NaN or Inf. The running statistics were left as they were. Look for what "
-            "produced the non-finite values upstream, or set check_finite = False on this layer "
-            "to let them through as torch does."
-        )
+    def __prepare_scriptable__(self):
+        if self.one_value_per_channel != "raise":
+            raise RuntimeError(f"{self._name}: torch.jit.script supports one_value_per_channel='raise' only, got "
+                               f"{self.one_value_per_channel!r}")
+        return super().__prepare_scriptable__()
 
     # --- freezing ---------------------------------------------------------------------------
 
@@ -241,8 +347,69 @@ class _BatchNorm(NormBase):
         extra = super().extra_repr()
         if self.one_value_per_channel != "raise":
             extra += f", one_value_per_channel={self.one_value_per_channel!r}"
+        if self.non_finite != "skip":
+            extra += f", non_finite={self.non_finite!r}"
+        if self.channel_dim != 1:
+            extra += f", channel_dim={self.channel_dim}"
         frozen = [name for name, on in (("statistics", self.frozen_statistics), ("affine", self.frozen_affine)) if on]
         return extra + (f", frozen={'+'.join(frozen)}" if frozen else "")
+
+    # --- what the tools ask a batch norm (normlab.tools) ----------------------------------------
+
+    def _options_torch_lacks(self) -> list[str]:
+        options = [f"{name}={getattr(self, name)!r}" for name, default in (
+            ("one_value_per_channel", "raise"), ("non_finite", "skip"), ("channel_dim", 1)) if getattr(self, name) != default]
+        frozen = [what for what, on in (("statistics", self.frozen_statistics), ("affine", self.frozen_affine)) if on]
+        return options + ([f"frozen {'+'.join(frozen)}"] if frozen else [])
+
+    def uses_batch_statistics(self) -> bool:
+        """Whether training mode normalizes with the batch's statistics (not when they are frozen)."""
+        return not self.frozen_statistics
+
+    def inference_affine(self) -> tuple[Tensor, Tensor]:
+        """``(scale, shift)`` in float64 such that, in eval, the normalization computes ``scale * x + shift``
+        per channel (followed by :meth:`after_affine`)."""
+        return _inference_affine(self, self._inference_weight())
+
+    def after_affine(self) -> nn.Module:
+        """What follows the affine map at inference: ``nn.Identity()`` for a plain batch norm."""
+        return nn.Identity()
+
+    def frozen(self) -> nn.Module:
+        """What ``normlab.freeze_batchnorm`` puts in this layer's place: its inference map, fixed."""
+        return FrozenBatchNorm.from_batchnorm(self)
+
+    def synchronized(self, process_group=None) -> nn.Module:
+        """What ``normlab.convert_sync_batchnorm`` puts in this layer's place: the layer with its statistics
+        taken over every rank of ``process_group``, holding the same parameters, buffers and options."""
+        from .sync import SyncBatchNorm, rebuilt
+
+        return rebuilt(self, SyncBatchNorm, process_group)
+
+    def _inference_weight(self) -> Tensor | None:
+        """The scale the normalization applies (in-place ABN: ``|weight| + eps``)."""
+        return self.weight
+
+
+def _inference_affine(bn: nn.Module, weight: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(scale, shift)`` in float64 of ``weight * (x - running_mean) / sqrt(running_var + eps) + bias``."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f"{functional.label(bn) if isinstance(bn, Layer) else type(bn).__name__}: without running "
+                         "statistics (track_running_stats=False) the layer normalizes with each batch's statistics, "
+                         "which no fixed map does")
+    with torch.no_grad():
+        scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+        if weight is not None:
+            scale = scale * weight.double()
+        shift = -bn.running_mean.double() * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias.double()
+    return scale, shift
+
+
+def _choice(who: str, name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{who}: {name} must be one of {allowed}, got {value!r}")
 
 
 class _FreezeHandle:
@@ -262,20 +429,21 @@ class _FreezeHandle:
             p.requires_grad_(flag)
 
 
-class BatchNorm1d(_BatchNorm):
-    """Batch normalization of a 2-D ``(N, C)`` or 3-D ``(N, C, L)`` input; see :class:`_BatchNorm`."""
+class BatchNorm1d(_BatchNorm, nn.BatchNorm1d):
+    """Batch normalization of a 2-D ``(N, C)`` or 3-D ``(N, C, L)`` input; a ``torch.nn.BatchNorm1d``;
+    see :class:`_BatchNorm`."""
 
     _layouts = LAYOUTS_1D
 
 
-class BatchNorm2d(_BatchNorm):
-    """Batch normalization of a 4-D ``(N, C, H, W)`` input; see :class:`_BatchNorm`."""
+class BatchNorm2d(_BatchNorm, nn.BatchNorm2d):
+    """Batch normalization of a 4-D ``(N, C, H, W)`` input; a ``torch.nn.BatchNorm2d``; see :class:`_BatchNorm`."""
 
     _layouts = LAYOUTS_2D
 
 
-class BatchNorm3d(_BatchNorm):
-    """Batch normalization of a 5-D ``(N, C, D, H, W)`` input; see :class:`_BatchNorm`."""
+class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
+    """Batch normalization of a 5-D ``(N, C, D, H, W)`` input; a ``torch.nn.BatchNorm3d``; see :class:`_BatchNorm`."""
 
     _layouts = LAYOUTS_3D
 
@@ -314,9 +482,14 @@ class _BatchRenorm(_BatchNorm):
     statistics have absorbed, which is what the warm-up waits for; it is already in the
     ``state_dict`` (so a checkpoint resumes the schedule where it was, and a torch
     BatchNorm checkpoint loads with its keys unchanged); and ``reset_running_stats()``
-    resets it along with the statistics, restarting the warm-up when it is needed again.
-    Hence ``track_running_stats=True`` is required.
+    resets it along with the statistics, restarting the warm-up when it is needed again
+    (``swa_utils.update_bn`` does, and its pass is then batch norm's, as it should be to
+    estimate the statistics). Hence ``track_running_stats=True`` is required.
+    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` would make a plain SyncBatchNorm of it;
+    normlab's ``convert_sync_batchnorm`` makes a :class:`normlab.nn.SyncBatchRenorm`.
     """
+
+    _scriptable = False
 
     def __init__(
         self,
@@ -360,8 +533,30 @@ class _BatchRenorm(_BatchNorm):
 
         return ramp(1.0, self.rmax, self.rmax_full_at), ramp(0.0, self.dmax, self.dmax_full_at)
 
-    def _renorm_limits(self) -> tuple[float, float]:
-        return self.limits()
+    def _renorm_limits(self):
+        if self.running_mean is None or self.running_var is None or self.num_batches_tracked is None:
+            # nothing to renormalize towards (torch.func.replace_all_batch_norm_modules_ removes them so that
+            # every call uses its batch's statistics): batch norm, as during the warm-up
+            return None
+        step = self.num_batches_tracked
+        if step.device.type != "cpu" or functional._in_trace():  # not read on the host: the limits as tensors
+            return self._ramp(step, 1.0, self.rmax, self.rmax_full_at), self._ramp(step, 0.0, self.dmax, self.dmax_full_at)
+        rmax, dmax = self.limits()
+        return None if (rmax, dmax) == (1.0, 0.0) else (rmax, dmax)  # during the warm-up: batch norm's own path
+
+    def _ramp(self, step: Tensor, start: float, final: float, full_at: int) -> Tensor:
+        """:meth:`limits`' ramp in tensor operations, for a step counter that stays on its device."""
+        span = full_at - self.warmup_steps
+        if span <= 0:
+            grown = torch.full((), final, device=step.device)
+        else:
+            grown = start + (final - start) * ((step - self.warmup_steps) / span).clamp(0, 1)
+        return torch.where(step < self.warmup_steps, torch.full((), start, device=step.device), grown)
+
+    def synchronized(self, process_group=None) -> nn.Module:
+        from .sync import SyncBatchRenorm, rebuilt
+
+        return rebuilt(self, SyncBatchRenorm, process_group)
 
     def extra_repr(self) -> str:
         return (
@@ -370,19 +565,19 @@ class _BatchRenorm(_BatchNorm):
         )
 
 
-class BatchRenorm1d(_BatchRenorm):
+class BatchRenorm1d(_BatchRenorm, nn.BatchNorm1d):
     """Batch renormalization of a 2-D ``(N, C)`` or 3-D ``(N, C, L)`` input; see :class:`_BatchRenorm`."""
 
     _layouts = LAYOUTS_1D
 
 
-class BatchRenorm2d(_BatchRenorm):
+class BatchRenorm2d(_BatchRenorm, nn.BatchNorm2d):
     """Batch renormalization of a 4-D ``(N, C, H, W)`` input; see :class:`_BatchRenorm`."""
 
     _layouts = LAYOUTS_2D
 
 
-class BatchRenorm3d(_BatchRenorm):
+class BatchRenorm3d(_BatchRenorm, nn.BatchNorm3d):
     """Batch renormalization of a 5-D ``(N, C, D, H, W)`` input; see :class:`_BatchRenorm`."""
 
     _layouts = LAYOUTS_3D
@@ -407,9 +602,14 @@ class GhostBatchNorm(_BatchNorm):
     ``virtual_batch_size`` at least the batch size it is batch norm.
 
     Accepts any ``(N, C, *)`` input of rank 2 to 5; the other arguments are batch norm's.
+    A torch ``_BatchNorm``: ``swa_utils.update_bn`` estimates its statistics over virtual
+    batches, as training does; ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` would
+    make it a SyncBatchNorm over the whole batch of every rank (normlab's converter
+    leaves it local, as ghost batches are by design).
     """
 
     _layouts = ANY_LAYOUT
+    _scriptable = False
 
     def __init__(
         self,
@@ -425,19 +625,13 @@ class GhostBatchNorm(_BatchNorm):
         **kwargs,
     ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, **kwargs)
-        if not isinstance(virtual_batch_size, int) or virtual_batch_size < 1:
-            raise ValueError(f"{self._name}: virtual_batch_size must be a positive int, got {virtual_batch_size!r}")
-        self.virtual_batch_size = virtual_batch_size
+        self.virtual_batch_size = as_size(virtual_batch_size, "virtual_batch_size", self._name)
 
-    def _normalize_batch(self, input, mask, weight, bias, act) -> torch.Tensor:
-        size = self.virtual_batch_size
-        if input.shape[0] <= size:
-            return super()._normalize_batch(input, mask, weight, bias, act)
-        masks = [None] * input.shape[0] if mask is None else mask.split(size)
-        return torch.cat([
-            super(GhostBatchNorm, self)._normalize_batch(x, m, weight, bias, act)
-            for x, m in zip(input.split(size), masks)
-        ])
+    def _virtual_batch_size(self) -> int | None:
+        return self.virtual_batch_size
+
+    def synchronized(self, process_group=None) -> nn.Module:
+        return self  # ghost batches are local by design
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, virtual_batch_size={self.virtual_batch_size}"
@@ -446,67 +640,120 @@ class GhostBatchNorm(_BatchNorm):
 # --- frozen batch norm ---------------------------------------------------------------------------
 
 
-class FrozenBatchNorm(nn.Module):
+class FrozenBatchNorm(Layer, nn.Module):
     r"""Batch norm with fixed statistics and affine parameters, in training as in eval:
 
-    .. math:: y = \text{weight} \, (x - \text{running\_mean}) / \sqrt{\text{running\_var} + \epsilon} + \text{bias}
+    .. math:: y = \text{act}(\text{weight} \, (x - \text{running\_mean}) / \sqrt{\text{running\_var} + \epsilon} + \text{bias})
 
     As torchvision's ``FrozenBatchNorm2d`` (``torchvision.ops.misc``): ``weight``, ``bias``,
     ``running_mean`` and ``running_var`` are buffers, so nothing is trained or updated;
-    a batch norm's ``state_dict`` (torch's or normlab's) loads into it, its
-    ``num_batches_tracked`` dropped. It accepts any ``(N, C, *)`` input of rank 2 to 5.
+    a batch norm's ``state_dict`` (torch's or normlab's, with or without affine
+    parameters) loads into it, its ``num_batches_tracked`` dropped. It accepts any
+    ``(N, C, *)`` input of rank 2 to 5. ``activation`` (keyword, default ``"identity"``;
+    ``negative_slope`` and ``alpha`` as :class:`normlab.nn.BatchNormAct`'s) follows the map,
+    as in timm's ``FrozenBatchNormAct2d``: the frozen form of a ``BatchNormAct``.
     ``normlab.freeze_batchnorm(model)`` puts one in place of each batch norm of a model,
     the usual way to fine-tune with batches too small for batch statistics (detection
     backbones). To keep a layer's parameters and merely stop it, see
     :meth:`_BatchNorm.freeze`.
+
+    A plain ``nn.Module``, not a torch batch norm, as torchvision's is, because the tools
+    that find batch norms by type would do the wrong thing with it:
+    ``swa_utils.update_bn`` would reset its statistics and never recompute them (it never
+    uses batch statistics), ``convert_sync_batchnorm`` would make it trainable again, and
+    ``replace_all_batch_norm_modules_`` would delete the statistics it is made of.
     """
 
     _layouts = ANY_LAYOUT
-    # the input and checkpoint checks of the other layers
-    _name = NormBase._name
-    _check_input = NormBase._check_input
-    _check_channels = NormBase._check_channels
 
-    def __init__(self, num_features: int, eps: float = 1e-5, device=None, dtype=None) -> None:
+    def __init__(self, num_features: int, eps: float = 1e-5, device=None, dtype=None, *, activation: str = "identity",
+                 negative_slope: float = DEFAULT_PARAM["leaky_relu"], alpha: float = DEFAULT_PARAM["elu"]) -> None:
         super().__init__()
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"FrozenBatchNorm: num_features must be a positive int, got {num_features!r}")
-        if eps < 0:
-            raise ValueError(f"FrozenBatchNorm: eps must be non-negative, got {eps}")
-        self.num_features, self.eps = num_features, eps
+        self.num_features = as_size(num_features, "num_features", "FrozenBatchNorm")
+        check_arguments("FrozenBatchNorm", eps)
+        self.eps = eps
+        functional.activation_for(self, None, activation, negative_slope, alpha, None, False)  # checks it
+        self.activation, self.negative_slope, self.alpha = activation, negative_slope, alpha
         factory = {"device": device, "dtype": dtype}
-        self.register_buffer("weight", torch.ones(num_features, **factory))
-        self.register_buffer("bias", torch.zeros(num_features, **factory))
-        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-        self.register_buffer("running_var", torch.ones(num_features, **factory))
+        self.register_buffer("weight", torch.ones(self.num_features, **factory))
+        self.register_buffer("bias", torch.zeros(self.num_features, **factory))
+        self.register_buffer("running_mean", torch.zeros(self.num_features, **factory))
+        self.register_buffer("running_var", torch.ones(self.num_features, **factory))
 
     @classmethod
     def from_batchnorm(cls, bn: nn.Module) -> FrozenBatchNorm:
-        """A FrozenBatchNorm computing ``bn``'s current inference map (torch's or normlab's batch norm)."""
-        if bn.running_mean is None or bn.running_var is None:
+        """A FrozenBatchNorm computing ``bn``'s current inference map (torch's or normlab's batch norm, with
+        the activation of a ``BatchNormAct``)."""
+        if bn.running_mean is None:
             raise ValueError(f"FrozenBatchNorm: {bn} has no running statistics (track_running_stats=False) to freeze")
-        frozen = cls(bn.num_features, bn.eps, device=bn.running_mean.device, dtype=bn.running_mean.dtype)
+        activation = {k: getattr(bn, k) for k in ("activation", "negative_slope", "alpha") if hasattr(bn, k)}
+        frozen = cls(bn.num_features, bn.eps, device=bn.running_mean.device, dtype=bn.running_mean.dtype,
+                     **activation)
+        weight = bn._inference_weight() if isinstance(bn, _BatchNorm) else bn.weight
         with torch.no_grad():
             frozen.running_mean.copy_(bn.running_mean)
-            frozen.running_var.copy_(bn.running_var)
-            if bn.weight is not None:
-                frozen.weight.copy_(bn.weight)
+            if bn.running_var is not None:  # (mean-only batch norm has none: 1 leaves the map x - mean)
+                frozen.running_var.copy_(bn.running_var)
+            if weight is not None:
+                frozen.weight.copy_(weight)
             if bn.bias is not None:
                 frozen.bias.copy_(bn.bias)
         return frozen.train(bn.training)
 
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        # a batch norm's checkpoint: no counter here; without affine parameters, the identity's
         state_dict.pop(prefix + "num_batches_tracked", None)
-        check_checkpoint_shapes(self._name, self, state_dict, prefix)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+        if prefix + "running_mean" in state_dict:
+            for name, value in (("weight", 1.0), ("bias", 0.0)):
+                state_dict.setdefault(prefix + name, torch.full_like(getattr(self, name), value))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        self._check_input(input)
-        return functional.batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+    def _act(self) -> Activation | None:
+        if self.activation == "identity":
+            return None
+        return Activation(self.activation, {"leaky_relu": self.negative_slope, "elu": self.alpha}.get(self.activation, 0.0))
+
+    def forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return F.batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return self._forward(input)
+
+    @torch.jit.unused
+    def _forward(self, input: Tensor) -> Tensor:
+        if isinstance(input, torch.fx.Proxy):
+            return fx_leaf(self, input)
+        check_layout(self, input)
+        return functional.batch_norm_inference(input, self.running_mean, self.running_var, self.weight, self.bias,
+                                               self.eps, self._act(), who=self, channels=self.num_features)
+
+    def __prepare_scriptable__(self):
+        if self.activation != "identity":
+            raise RuntimeError(f"{self._name}: torch.jit.script supports activation='identity' only")
+        return self
+
+    def _traced_alone(self, input):
+        if self.activation != "identity":
+            return super()._traced_alone(input)
+        return F.batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+    def uses_batch_statistics(self) -> bool:
+        return False
+
+    def inference_affine(self) -> tuple[Tensor, Tensor]:
+        return _inference_affine(self, self.weight)
+
+    def after_affine(self) -> nn.Module:
+        act = self._act()
+        return nn.Identity() if act is None else act.module()
+
+    def frozen(self) -> nn.Module:
+        return self
+
+    def synchronized(self, process_group=None) -> nn.Module:
+        return self  # nothing to synchronize: no batch statistics
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}"
+        act = "" if self.activation == "identity" else f", activation={self.activation!r}"
+        return f"{self.num_features}, eps={self.eps}{act}"

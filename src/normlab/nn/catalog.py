@@ -240,7 +240,7 @@ ENTRIES += [
         "gamma is `|weight| + eps`",
         "per channel C, over N and every spatial axis",
         "running mean and variance (an affine map per channel), then the activation",
-        "batch norm followed by an activation (and a residual add): one kernel each way on a GPU; "
+        "batch norm followed by an activation (and a residual add): one kernel each way on a GPU with the triton backend; "
         "`inplace_abn=True` keeps only the output for backward, to save activation memory",
         "timm `norm_act`; Rota Bulo et al. 2018 (in-place activated BN)",
         args=(3, "identity"),

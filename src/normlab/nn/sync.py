@@ -5,7 +5,7 @@ renormalization whose batch statistics are taken over the union of the batches o
 ranks of a process group. Nothing else differs, so each is its local layer with one
 method replaced, ``_statistics``: the normalization and its gradient
 (:class:`normlab.autograd.Normalize`), renormalization, masks, freezing and the running
-statistics are the local layers' own code.
+statistics are the local layers' own code. Both are instances of ``torch.nn.SyncBatchNorm``.
 
 Forward: each rank takes the count ``n_k``, the mean and the sum of squared deviations
 about its own mean ``M2_k`` of its batch (the shifted two-pass of ``normlab.autograd``),
@@ -29,21 +29,27 @@ Outside an initialized process group, or in a group of one rank, these layers ar
 plain batch norm and batch renormalization, as torch's SyncBatchNorm falls back to
 batch norm. In eval mode they use the running statistics and communicate nothing.
 Unlike torch's they run on the CPU (gloo) as on GPUs (NCCL). Double backward is not
-supported (the statistics come from other processes).
+supported (the statistics come from other processes). torch's own
+``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` rebuilds them as torch's SyncBatchNorm
+(GPU only, none of normlab's options); normlab's :func:`convert_sync_batchnorm` leaves them.
 """
 
 from __future__ import annotations
+
+import functools
+import warnings
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .. import functional
 from ..autograd import Moments, Statistics
 from ._swap import replace_modules
-from .batchnorm import ANY_LAYOUT, FrozenBatchNorm, GhostBatchNorm, _BatchNorm, _BatchRenorm
+from .activated import BatchNormAct
+from .batchnorm import ANY_LAYOUT, _BatchNorm, _BatchRenorm
 
-__all__ = ["SyncBatchNorm", "SyncBatchRenorm", "SynchronizedStatistics", "convert_sync_batchnorm", "merge_moments"]
+__all__ = ["SyncBatchNorm", "SyncBatchNormAct", "SyncBatchRenorm", "SynchronizedStatistics", "convert_sync_batchnorm", "merge_moments",
+           "rebuilt"]
 
 
 def merge_moments(counts: torch.Tensor, means: torch.Tensor, m2s: torch.Tensor):
@@ -123,23 +129,26 @@ class _Synchronized:
         group = dist.group.WORLD if self.process_group is None else self.process_group
         return group if dist.get_world_size(group) > 1 else None
 
-    def _statistics(self, input, mask) -> Statistics:
+    def _statistics(self):
         group = self._group() if self.training else None
-        if group is None:
-            return super()._statistics(input, mask)
-        return SynchronizedStatistics(input, functional.batch_dims(input), mask, group)
+        return Statistics if group is None else functools.partial(SynchronizedStatistics, group=group)
+
+    def synchronized(self, process_group=None) -> nn.Module:
+        return self
 
 
-class SyncBatchNorm(_Synchronized, _BatchNorm):
+class SyncBatchNorm(_Synchronized, _BatchNorm, nn.SyncBatchNorm):
     """Batch norm with statistics over every rank of ``process_group`` (default: the world).
 
-    Drop-in for ``torch.nn.SyncBatchNorm`` (same arguments and ``state_dict``), for any
-    ``(N, C, *)`` input; see the module docstring for how ranks combine, and
-    :class:`normlab.nn.batchnorm._BatchNorm` for everything else.
+    Drop-in for ``torch.nn.SyncBatchNorm`` (same arguments and ``state_dict``; an instance
+    of it), for any ``(N, C, *)`` input; see the module docstring for how ranks combine,
+    and :class:`normlab.nn.batchnorm._BatchNorm` for everything else.
     """
 
+    _scriptable = False  # as torch's SyncBatchNorm
 
-class SyncBatchRenorm(_Synchronized, _BatchRenorm):
+
+class SyncBatchRenorm(_Synchronized, _BatchRenorm, nn.SyncBatchNorm):
     """Batch renormalization with statistics over every rank of ``process_group``.
 
     :class:`normlab.nn.batchnorm._BatchRenorm` (its keywords: ``rmax``, ``dmax`` and the
@@ -147,38 +156,70 @@ class SyncBatchRenorm(_Synchronized, _BatchRenorm):
     """
 
 
-def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
-    """Make every batch norm of ``module`` synchronized, in place; returns the module.
+class SyncBatchNormAct(_Synchronized, BatchNormAct, nn.SyncBatchNorm):
+    """:class:`normlab.nn.BatchNormAct` with the batch statistics of :class:`SyncBatchNorm`: what
+    :func:`convert_sync_batchnorm` makes of a ``BatchNormAct``. Arguments: ``num_features``,
+    then torch's SyncBatchNorm arguments; the activation's are keywords (``activation``,
+    ``negative_slope``, ``alpha``, ``inplace_abn``), as BatchNormAct's."""
 
-    Like ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``: torch's and normlab's batch
-    norms (``BatchNorm1d/2d/3d``, torch's ``SyncBatchNorm``) become :class:`SyncBatchNorm`,
-    normlab's ``BatchRenorm1d/2d/3d`` become :class:`SyncBatchRenorm`. The new layers hold
-    the same parameter objects (an optimizer built before keeps working), the same
-    buffers, training mode and options (freeze, one-value policy, renorm schedule).
-    :class:`GhostBatchNorm` (local by design) and :class:`FrozenBatchNorm` (no batch
-    statistics) are left as they are. When ``module`` is itself a batch norm the new layer
-    is returned.
-    """
-
-    def convert(m: nn.Module, _name: str) -> nn.Module | None:
-        if isinstance(m, (_Synchronized, GhostBatchNorm, FrozenBatchNorm)):
-            return None
-        if isinstance(m, _BatchRenorm):
-            return _synchronized(m, SyncBatchRenorm, process_group)
-        if isinstance(m, (_BatchNorm, nn.modules.batchnorm._BatchNorm)):
-            return _synchronized(m, SyncBatchNorm, process_group)
-        return None
-
-    return replace_modules(module, convert)
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, process_group=None, device=None, dtype=None, *,
+                 activation: str = "relu", **kwargs) -> None:
+        BatchNormAct.__init__(self, num_features, activation, eps, momentum, affine, track_running_stats, device,
+                              dtype, **kwargs)
+        self.process_group = process_group
 
 
-def _synchronized(bn: nn.Module, cls: type, process_group) -> nn.Module:
-    sync = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, process_group)
+def rebuilt(bn: nn.Module, cls: type, process_group=None) -> nn.Module:
+    """A ``cls`` (a synchronized layer) with ``bn``'s configuration, holding ``bn``'s very parameters and
+    buffers and its options (freeze, policies, renormalization schedule), in ``bn``'s training mode."""
+    sync = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, process_group,
+               device="meta")  # nothing allocated: every tensor is replaced below
     for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
         setattr(sync, name, getattr(bn, name))
     # options: every public plain attribute (eps, momentum, freeze state, renorm schedule, ...)
     for name, value in vars(bn).items():
         if not name.startswith("_") and name not in ("training", "process_group"):
             setattr(sync, name, value)
-    sync.training = bn.training
-    return sync
+    if hasattr(bn, "qconfig"):
+        sync.qconfig = bn.qconfig
+    return sync.train(bn.training)
+
+
+def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
+    """Make every batch norm of ``module`` synchronized, in place; returns the module.
+
+    Like ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``, but each normlab layer says
+    what its synchronized form is (its ``synchronized()`` method): batch norms become
+    :class:`SyncBatchNorm` and ``BatchRenorm1d/2d/3d`` :class:`SyncBatchRenorm`, keeping
+    the very parameter objects (an optimizer built before keeps working), the same
+    buffers, training mode and options (freeze, one-value policy, renorm schedule);
+    ``BatchNormAct`` keeps its activation; :class:`normlab.nn.GhostBatchNorm` (local by
+    design) and :class:`normlab.nn.FrozenBatchNorm` (no batch statistics) stay as they are.
+    torch's batch norms (and their subclasses that keep torch's forward) become
+    :class:`SyncBatchNorm`. A layer used at several places is converted once and stays
+    shared. When ``module`` is itself a batch norm the new layer is returned.
+    """
+
+    left: dict[str, list[str]] = {}
+
+    def convert(m: nn.Module, name: str) -> nn.Module | None:
+        if callable(getattr(m, "synchronized", None)):
+            new = m.synchronized(process_group)
+            return None if new is m else new
+        if type(m) is nn.SyncBatchNorm or (isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(
+                m, nn.modules.lazy.LazyModuleMixin) and type(m).forward is nn.modules.batchnorm._BatchNorm.forward):
+            return rebuilt(m, SyncBatchNorm, process_group)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):  # a subclass with a forward of its own
+            left.setdefault(type(m).__qualname__, []).append(name or "(model)")
+        return None
+
+    module = replace_modules(module, convert)
+    if left:
+        warnings.warn(
+            "convert_sync_batchnorm: left unsynchronized the batch norms whose class has a forward of its own, which "
+            "a SyncBatchNorm would not compute: " + "; ".join(f"{cls} at {', '.join(names)}" for cls, names in
+                                                               left.items()),
+            stacklevel=2,
+        )
+    return module

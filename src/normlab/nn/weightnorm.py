@@ -19,7 +19,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .. import functional
-from ._base import NormBase
+from ._base import Layer, as_size, check_arguments, fx_leaf
+from .batchnorm import FrozenBatchNorm, check_layout
 
 __all__ = ["WeightNorm", "weight_norm", "data_dependent_init", "MeanOnlyBatchNorm"]
 
@@ -69,6 +70,14 @@ def weight_norm(module: nn.Module, name: str = "weight", dim: int | None = 0) ->
         raise TypeError(f"{who}: expected a floating-point weight, got {weight.dtype}")
     if dim is not None and dim != -1 and not -weight.dim() <= dim < weight.dim():
         raise ValueError(f"{who}: dim={dim} is out of range for a {weight.dim()}-D weight of shape {tuple(weight.shape)}")
+    norms = functional.norm_except_dim(weight.detach(), -1 if dim is None else dim)
+    if not bool((norms > 0).all()):
+        zero = torch.nonzero((norms == 0).flatten()).flatten().tolist()
+        raise ValueError(
+            f"{who}: the weight is zero {'everywhere' if dim is None or dim == -1 else f'in slice(s) {zero[:8]} along dim {dim}'}, "
+            "so its direction v / ||v|| is undefined (weight norm would give NaN); initialize the layer first, e.g. "
+            "with nn.init.kaiming_uniform_"
+        )
     parametrize.register_parametrization(module, name, WeightNorm(dim), unsafe=True)
 
     def load_hook(state_dict, prefix, *args) -> None:
@@ -81,7 +90,7 @@ def weight_norm(module: nn.Module, name: str = "weight", dim: int | None = 0) ->
             key, mine = f"{prefix}parametrizations.{name}.original{i}", getattr(originals, f"original{i}")
             theirs = state_dict.get(key)
             if isinstance(theirs, torch.Tensor) and theirs.shape != mine.shape:
-                raise ValueError(
+                raise functional.ShapeError(
                     f"{who}: the checkpoint's '{key}' has shape {tuple(theirs.shape)}, expected "
                     f"{tuple(mine.shape)}; it was saved from a layer of another size"
                 )
@@ -188,7 +197,7 @@ def data_dependent_init(model: nn.Module, *args, **kwargs) -> list[str]:
     return done
 
 
-class MeanOnlyBatchNorm(NormBase):
+class MeanOnlyBatchNorm(Layer, nn.modules.batchnorm._BatchNorm):
     r"""Mean-only batch normalization (Salimans & Kingma 2016, section 4), the companion of
     weight normalization.
 
@@ -198,13 +207,21 @@ class MeanOnlyBatchNorm(NormBase):
     (``running_mean = (1 - momentum) * running_mean + momentum * mu_B``; ``momentum=None``:
     the cumulative average). No variance is taken and nothing is divided: the scale
     is the preceding weight-normalized layer's ``g``. ``bias`` is the learnable
-    :math:`\beta`; the layer has no weight and no ``running_var``.
+    :math:`\beta`; the layer has no weight and no ``running_var``. ``non_finite``
+    (keyword) guards the running mean as batch norm's guard does.
 
     Accepts ``(N, C)``, ``(N, C, L)``, ``(N, C, H, W)`` and ``(N, C, D, H, W)`` inputs.
     ``state_dict`` keys: ``bias``, ``running_mean``, ``num_batches_tracked``.
+
+    A torch ``_BatchNorm`` (batch norm without its variance and scale), so that
+    ``swa_utils.update_bn`` recomputes its running mean, FSDP keeps it in float32 and
+    ``replace_all_batch_norm_modules_`` makes it use batch means. torch's
+    ``convert_sync_batchnorm`` and ``fuse_conv_bn_eval`` need a running variance and
+    fail on it, loudly (torch's own errors); normlab's folding folds it.
     """
 
     _layouts = {2: "(N, C)", 3: "(N, C, L)", 4: "(N, C, H, W)", 5: "(N, C, D, H, W)"}
+    _scriptable = False
 
     def __init__(
         self,
@@ -214,10 +231,18 @@ class MeanOnlyBatchNorm(NormBase):
         track_running_stats: bool = True,
         device=None,
         dtype=None,
+        *,
+        non_finite: str = "skip",
     ) -> None:
-        super().__init__(num_features, 0.0, momentum, bias, track_running_stats, device, dtype)
+        num_features = as_size(num_features, "num_features", "MeanOnlyBatchNorm")
+        check_arguments("MeanOnlyBatchNorm", None, momentum, eps_may_be_none=True)
+        # eps is batch norm's attribute, unused here: nothing is divided
+        super().__init__(num_features, 0.0, momentum, bias, track_running_stats, device=device, dtype=dtype)
         self.register_parameter("weight", None)  # the scale is weight norm's g
         self.register_buffer("running_var", None)  # no variance is taken
+        if non_finite not in functional.NON_FINITE:
+            raise ValueError(f"{self._name}: non_finite must be one of {functional.NON_FINITE}, got {non_finite!r}")
+        self.non_finite = non_finite
 
     def reset_running_stats(self) -> None:
         """Running mean 0, no batch seen."""
@@ -225,18 +250,56 @@ class MeanOnlyBatchNorm(NormBase):
             self.running_mean.zero_()
             self.num_batches_tracked.zero_()
 
+    def reset_parameters(self) -> None:
+        """Running mean 0, bias 0."""
+        self.reset_running_stats()
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def _check_input_dim(self, input) -> None:
+        check_layout(self, input)
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        self._check_input(input)
+        if isinstance(input, torch.fx.Proxy):
+            return fx_leaf(self, input)
+        self._check_input_dim(input)
         use_batch_mean = self.training or self.running_mean is None
-        if use_batch_mean and functional.values_per_channel(input) == 1:
-            raise ValueError(
-                f"{self._name}: training needs more than one value per channel (with one, the output is the "
-                f"bias whatever the input), got an input of shape {tuple(input.shape)}. Use a batch of at "
-                "least 2 samples, or call .eval() to subtract the running mean."
-            )
-        momentum = self._momentum_for_this_batch()
-        running_mean = self.running_mean if not self.training or self.track_running_stats else None
-        return functional.mean_only_batch_norm(input, running_mean, self.bias, use_batch_mean, momentum)
+        track = self.training and self.track_running_stats and self.running_mean is not None
+        momentum = 0.0
+        if track:
+            self.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        running_mean = self.running_mean if not self.training or track else None
+        try:
+            return functional.mean_only_batch_norm(input, running_mean, self.bias, use_batch_mean, momentum,
+                                                   non_finite=self.non_finite, channels=self.num_features, who=self)
+        except BaseException:
+            if track:
+                self.num_batches_tracked.sub_(1)  # a refused batch is not counted
+            raise
+
+    def uses_batch_statistics(self) -> bool:
+        return True
+
+    def inference_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(1, bias - running_mean)`` in float64: the map this layer applies in eval."""
+        if self.running_mean is None:
+            raise ValueError(f"{self._name}: without a running mean the layer subtracts each batch's mean, "
+                             "which no fixed map does")
+        with torch.no_grad():
+            shift = -self.running_mean.double()
+            if self.bias is not None:
+                shift = shift + self.bias.double()
+        return torch.ones_like(shift), shift
+
+    def after_affine(self) -> nn.Module:
+        return nn.Identity()
+
+    def frozen(self) -> nn.Module:
+        """Its inference map as a :class:`normlab.nn.FrozenBatchNorm`: weight 1, variance 1, eps 0."""
+        frozen = FrozenBatchNorm.from_batchnorm(self)
+        frozen.eps = 0.0  # (1 - 0) / sqrt(1 + 0): x - running_mean + bias, exactly
+        return frozen
 
     def extra_repr(self) -> str:
         return (

@@ -1,14 +1,26 @@
-"""What the tools share: which modules are batch norms, the map a batch norm applies at
-inference, how a batch is fed to a model, and putting a model back as it was.
+"""What the tools share: which modules are batch norms, what the tools ask a layer, how a batch
+is fed to a model, and putting a model back as it was.
 
 A *batch norm* here is any module with batch-norm state (``running_mean``,
 ``running_var``, ``eps``, and optionally ``weight`` and ``bias``) that normalizes each
-channel (dim 1) over the batch: a subclass of ``torch.nn``'s or normlab's
-``_BatchNorm`` (BatchNorm1d/2d/3d, SyncBatchNorm and the variants built on them), or a
-module from elsewhere that keeps the same state without that base, such as
-torchvision's ``FrozenBatchNorm2d``. Instance norms keep the same state but normalize
-each sample; they derive from ``_NormBase`` (torch) or ``NormBase`` (normlab) and are
-not batch norms.
+channel (dim 1) over the batch: a subclass of ``torch.nn``'s ``_BatchNorm`` (torch's
+BatchNorm1d/2d/3d and SyncBatchNorm, and every normlab batch-norm layer, which are
+instances of them), or a module from elsewhere that keeps the same state without that
+base, such as torchvision's ``FrozenBatchNorm2d`` and normlab's ``FrozenBatchNorm``.
+Instance norms keep the same state but normalize each sample; they derive from torch's
+``_NormBase`` and are not batch norms.
+
+The tools ask a layer what it is rather than testing its type. A normlab layer answers:
+
+    uses_batch_statistics()   whether training mode normalizes with the batch's statistics
+    inference_affine()        (scale, shift) of the per-channel map it applies in eval
+    after_affine()            the module that follows that map (nn.Identity(), or an activation)
+    frozen()                  its fixed inference form, for freeze_batchnorm
+    synchronized(group)       its form with statistics over a process group, for convert_sync_batchnorm
+
+For a torch layer (or a foreign one without these methods) the functions here give the
+answer torch's own batch norm would, and :func:`plain_batchnorm` tells whether that
+answer holds: whether the class computes torch's batch norm and nothing more.
 """
 
 from __future__ import annotations
@@ -21,29 +33,40 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
 from torch.nn.modules.batchnorm import _NormBase as _TorchNormBase
 
-from ..nn._base import NormBase
-from ..nn.batchnorm import _BatchNorm
-
 
 def is_batchnorm(module: nn.Module) -> bool:
     """Whether ``module`` is a batch norm in the sense of this module's docstring."""
-    if isinstance(module, (_TorchBatchNorm, _BatchNorm)):
+    if isinstance(module, _TorchBatchNorm):
         return True
     return (
-        not isinstance(module, (_TorchNormBase, NormBase))
+        not isinstance(module, _TorchNormBase)
         and isinstance(getattr(module, "running_mean", None), torch.Tensor)
         and isinstance(getattr(module, "running_var", None), torch.Tensor)
         and isinstance(getattr(module, "eps", None), float)
     )
 
 
+def plain_batchnorm(module: nn.Module) -> bool:
+    """Whether ``module`` is torch's batch norm itself (BatchNorm1d/2d/3d, SyncBatchNorm, or a subclass
+    that keeps torch's forward): one whose answers the tools can work out from its state."""
+    forward = type(module).forward
+    return type(module) is nn.SyncBatchNorm or (
+        isinstance(module, _TorchBatchNorm) and forward is _TorchBatchNorm.forward
+    )
+
+
+def _asked(module: nn.Module, question: str):
+    """The layer's own method ``question``, or None."""
+    method = getattr(module, question, None)
+    return method if callable(method) else None
+
+
 def uses_batch_statistics(bn: nn.Module) -> bool:
     """Whether the batch norm ``bn`` normalizes with the batch's statistics in training mode:
     not a frozen one (normlab's ``FrozenBatchNorm`` or ``freeze("statistics")``, torchvision's
     ``FrozenBatchNorm2d``), which applies its running statistics whatever the mode."""
-    if isinstance(bn, _TorchBatchNorm):
-        return True
-    return isinstance(bn, _BatchNorm) and not bn.frozen_statistics
+    asked = _asked(bn, "uses_batch_statistics")
+    return asked() if asked is not None else isinstance(bn, _TorchBatchNorm)
 
 
 def has_running_stats(bn: nn.Module) -> bool:
@@ -61,10 +84,12 @@ def label(name: str, module: nn.Module) -> str:
 
 @torch.no_grad()
 def inference_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scale, shift)`` in float64 such that the layer in eval computes ``scale * x + shift`` per channel.
-
-    ``scale = weight / sqrt(running_var + eps)``, ``shift = bias - running_mean * scale``.
-    """
+    """``(scale, shift)`` in float64 such that the layer in eval computes ``scale * x + shift`` per channel
+    (then :func:`after_affine`): the layer's answer, or, for a module without one,
+    ``scale = weight / sqrt(running_var + eps)``, ``shift = bias - running_mean * scale``."""
+    asked = _asked(bn, "inference_affine")
+    if asked is not None:
+        return asked()
     scale = torch.rsqrt(bn.running_var.double() + bn.eps)
     if getattr(bn, "weight", None) is not None:
         scale = scale * bn.weight.double()
@@ -72,6 +97,12 @@ def inference_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     if getattr(bn, "bias", None) is not None:
         shift = shift + bn.bias.double()
     return scale, shift
+
+
+def after_affine(bn: nn.Module) -> nn.Module:
+    """The module that follows the affine map at inference: the layer's answer, or ``nn.Identity()``."""
+    asked = _asked(bn, "after_affine")
+    return asked() if asked is not None else nn.Identity()
 
 
 def run_batch(model: nn.Module, batch, forward=None):

@@ -24,10 +24,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ._common import has_running_stats, inference_affine, is_batchnorm, label
+from ._common import after_affine, inference_affine, is_batchnorm, label, uses_batch_statistics
 from .summary import count_parameters
 
-__all__ = ["ChannelAffine", "FoldResult", "fold_batchnorm"]
+__all__ = ["ChannelAffine", "FoldResult", "LinearOutputCheck", "fold_batchnorm"]
 
 # Exactly these classes: a subclass may change what forward does with its weight
 # (weight standardization, a parametrization), which folding would break.
@@ -52,6 +52,28 @@ class ChannelAffine(nn.Module):
 
     def extra_repr(self) -> str:
         return str(self.weight.numel())
+
+
+class LinearOutputCheck(nn.Module):
+    """Where a batch norm was folded into the Linear before it without an example input: passes the
+    Linear's output on if it is ``(N, features)``, the layout the fold assumed, and raises otherwise
+    (a Linear's features are its output's last axis, a batch norm's channels dim 1)."""
+
+    def __init__(self, linear: str, batchnorm: str) -> None:
+        super().__init__()
+        self.linear, self.batchnorm = linear, batchnorm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2:
+            raise RuntimeError(
+                f"fold_batchnorm folded {self.batchnorm} into {self.linear} for 2-D (N, features) outputs; this call "
+                f"gives a {x.dim()}-D output of shape {tuple(x.shape)}, whose features are not the channels the batch "
+                "norm normalized: fold the model again with an example input (fold_batchnorm(model, x))"
+            )
+        return x
+
+    def extra_repr(self) -> str:
+        return f"{self.linear} -> {self.batchnorm}"
 
 
 @dataclass
@@ -158,11 +180,11 @@ def _fold_into(layer: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> No
         layer.bias.copy_(bias)
 
 
-def _acts_as_affine(bn: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> bool:
-    """Check on a small random input that the layer really is ``scale * x + shift`` in eval.
+def _acts_as_affine(bn: nn.Module, scale: torch.Tensor, shift: torch.Tensor, after: nn.Module) -> bool:
+    """Check on a small random input that the layer really is ``after(scale * x + shift)`` in eval.
 
-    A subclass may add to a batch norm's forward (timm's BatchNormAct2d applies an
-    activation); replacing it by its affine map would silently drop that.
+    A subclass may add to a batch norm's forward without saying so (timm's BatchNormAct2d
+    applies an activation); replacing it by its affine map would silently drop that.
     """
     ref = bn.running_mean
     gen = torch.Generator().manual_seed(0)
@@ -173,7 +195,7 @@ def _acts_as_affine(bn: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> 
                 y = bn(x.to(device=ref.device, dtype=ref.dtype)).double().cpu()
         except Exception:
             continue  # not a rank this layer accepts
-        expected = x * scale.cpu().view(-1, *[1] * (ndim - 2)) + shift.cpu().view(-1, *[1] * (ndim - 2))
+        expected = after(x * scale.cpu().view(-1, *[1] * (ndim - 2)) + shift.cpu().view(-1, *[1] * (ndim - 2)))
         tol = 1e-2 if ref.dtype in (torch.float16, torch.bfloat16) else 1e-4
         return bool(((y - expected).abs() <= tol * (1 + expected.abs())).all())
     return False
@@ -183,22 +205,50 @@ def _channels_out(layer: nn.Module) -> int:
     return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
-def fold_batchnorm(model: nn.Module) -> FoldResult:
+def _linear_output_ranks(model: nn.Module, example_inputs: tuple) -> dict[str, set[int]]:
+    """The ranks of every Linear's outputs when ``model`` runs on ``example_inputs`` (in eval, no grad)."""
+    ranks: dict[str, set[int]] = {}
+    handles = [
+        m.register_forward_hook(lambda mod, args, out, name=name: ranks.setdefault(name, set()).add(out.dim()))
+        for name, m in model.named_modules() if type(m) is nn.Linear
+    ]
+    try:
+        with torch.no_grad():
+            model(*example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return ranks
+
+
+def _unfolded(bn: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> nn.Module:
+    """What replaces a batch norm that cannot be folded: its map as a ChannelAffine, then what follows it."""
+    dtype = bn.running_mean.dtype
+    affine = ChannelAffine(scale.to(dtype), shift.to(dtype))
+    after = after_affine(bn)
+    return affine if isinstance(after, nn.Identity) else nn.Sequential(affine, after)
+
+
+def fold_batchnorm(model: nn.Module, *example_inputs) -> FoldResult:
     """Return a copy of ``model`` for inference with its batch norms folded away, and a report.
 
     Every batch norm whose input is the output of a ``Conv1d/2d/3d``,
     ``ConvTranspose1d/2d/3d`` or ``Linear`` used by nothing else, each called once and
     holding parameters shared with no other layer, is folded into that layer's weight
-    and bias (a bias is added if it had none) and replaced by ``nn.Identity``. Every
-    other batch norm becomes a :class:`ChannelAffine` computing the same map. A
-    batch-norm subclass whose eval output is not that map (one with a built-in
-    activation) is left as it was.
+    and bias (a bias is added if it had none) and removed; what follows its affine map
+    stays (``BatchNormAct``'s activation). Every other batch norm becomes a
+    :class:`ChannelAffine` computing the same map. Each layer says what its map is (its
+    ``inference_affine()``: in-place ABN's scale is ``|weight| + eps``); a batch-norm
+    subclass whose eval output is not that map and does not say so (timm's
+    ``BatchNormAct2d``, whose forward adds an activation) is left as it was.
 
-    A Linear is folded into the batch norm after it when its ``out_features`` equals
-    the batch norm's channel count: this assumes the Linear's output is ``(N,
-    features)``, the layout in which those are the batch norm's channels (a Linear over
-    the last axis of ``(N, L, F)`` followed by ``BatchNorm1d(L)`` with ``L == F`` would
-    be folded wrongly).
+    A Linear puts its features in its output's last axis, a batch norm its channels in
+    dim 1: they are the same axis only when the Linear's output is ``(N, features)``.
+    With ``example_inputs`` (the arguments of one call of the model), the fold runs the
+    model once and folds a Linear only where its output is 2-D (elsewhere its batch norm
+    becomes a ChannelAffine, and the report says why). Without them it folds, and puts a
+    :class:`LinearOutputCheck` in the batch norm's place, which raises if the Linear's
+    output is ever not 2-D rather than let the folded model compute something else.
 
     The model must be in eval mode and every batch norm must have running statistics
     (``track_running_stats=True``): otherwise a batch norm normalizes with the
@@ -207,7 +257,7 @@ def fold_batchnorm(model: nn.Module) -> FoldResult:
     stored in each layer's dtype.
     """
     layers = [(name, m) for name, m in model.named_modules() if is_batchnorm(m)]
-    training = [label(n, m) for n, m in layers if m.training]
+    training = [label(n, m) for n, m in layers if m.training and uses_batch_statistics(m)]
     if model.training or training:
         where = ", ".join(training[:3]) + (f" and {len(training) - 3} more" if len(training) > 3 else "")
         raise ValueError(
@@ -215,7 +265,12 @@ def fold_batchnorm(model: nn.Module) -> FoldResult:
             + (f" ({where} normalize with batch statistics)" if training else "")
             + "; folding replaces each batch norm by its inference map: call model.eval() first"
         )
-    missing = [label(n, m) for n, m in layers if not has_running_stats(m)]
+    maps, missing = {}, []
+    for n, m in layers:
+        try:
+            maps[id(m)] = inference_affine(m)
+        except (ValueError, TypeError, AttributeError):  # no running statistics
+            missing.append(label(n, m))
     if missing:
         raise ValueError(
             f"fold_batchnorm: {', '.join(missing)} keep no running statistics (track_running_stats=False), so they "
@@ -224,6 +279,7 @@ def fold_batchnorm(model: nn.Module) -> FoldResult:
         )
 
     before = sum(count_parameters(model)[:2])
+    ranks = _linear_output_ranks(model, example_inputs) if example_inputs else None
     model = copy.deepcopy(model)
     result = FoldResult(model)
     pairs: dict[str, str] = {}
@@ -243,7 +299,7 @@ def fold_batchnorm(model: nn.Module) -> FoldResult:
                 f"fold_batchnorm: {label(name, bn)} has non-finite running statistics or parameters; "
                 "its inference map is not finite"
             )
-        if not _acts_as_affine(bn, scale, shift):
+        if not _acts_as_affine(bn, scale, shift, after_affine(bn)):
             result.kept.append((name or "(model)", "its eval output is not a per-channel affine map of its input (does its "
                                       "forward add something, such as an activation?)"))
             continue
@@ -257,9 +313,17 @@ def fold_batchnorm(model: nn.Module) -> FoldResult:
                 reason = f"{layer_name} shares its parameters with another layer"
             elif _channels_out(layer) != scale.numel():
                 reason = f"{layer_name} has {_channels_out(layer)} output channels, {name} normalizes {scale.numel()}"
+            elif isinstance(layer, nn.Linear) and ranks is not None and ranks.get(layer_name) != {2}:
+                got = sorted(ranks.get(layer_name, ()))
+                reason = (f"{layer_name} gives {'/'.join(map(str, got)) or 'no'}-D outputs on the example input, so its "
+                          f"features (the last axis) are not the channels {name} normalizes (dim 1)")
             else:
                 _fold_into(layer, scale, shift)
-                _replace(result, places[id(bn)], nn.Identity())
+                after = after_affine(bn)
+                if isinstance(layer, nn.Linear) and ranks is None:  # the fold's assumption, checked at every call
+                    check = LinearOutputCheck(layer_name, name)
+                    after = check if isinstance(after, nn.Identity) else nn.Sequential(check, after)
+                _replace(result, places[id(bn)], after)
                 result.folded.append((layer_name, name))
                 continue
         if reason is None:
@@ -269,8 +333,7 @@ def fold_batchnorm(model: nn.Module) -> FoldResult:
                 if inside
                 else "not called as a module of its own in the traced forward"
             )
-        dtype = bn.running_mean.dtype
-        _replace(result, places[id(bn)], ChannelAffine(scale.to(dtype), shift.to(dtype)))
+        _replace(result, places[id(bn)], _unfolded(bn, scale, shift))
         result.affine.append((name or "(model)", reason))
     result.parameters = (before, sum(count_parameters(result.model)[:2]))
     return result

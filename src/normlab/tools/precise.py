@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .._progress import progress as progress_bar
-from ._common import has_running_stats, is_batchnorm, label, preserved, run_batch
+from ._common import is_batchnorm, label, preserved, run_batch, uses_batch_statistics
 
 __all__ = ["adapt_batchnorm", "precise_batchnorm"]
 
@@ -78,10 +78,12 @@ def feed(what: str, model: nn.Module, batch, forward=None):
 
 
 def _recompute(what, model, batches, num_batches, forward, progress, only_batchnorm_trains) -> nn.Module:
+    # the batch norms that keep running statistics of what they normalize with: not frozen ones
     layers = {
         name: m
         for name, m in model.named_modules()
-        if is_batchnorm(m) and getattr(m, "track_running_stats", False) and has_running_stats(m)
+        if is_batchnorm(m) and getattr(m, "track_running_stats", False) and m.running_mean is not None
+        and uses_batch_statistics(m)
     }
     if not layers:
         raise ValueError(f"{what}: the model has no batch norm with running statistics to recompute")
@@ -126,7 +128,8 @@ def _recompute(what, model, batches, num_batches, forward, progress, only_batchn
                 unseen.append(label(name, m))
                 continue
             m.running_mean.copy_(p.mean)
-            m.running_var.copy_(p.m2 / (p.count - 1))
+            if m.running_var is not None:  # (mean-only batch norm keeps none)
+                m.running_var.copy_(p.m2 / (p.count - 1))
     if unseen:
         warnings.warn(
             f"{what}: {', '.join(unseen)} saw fewer than 2 values per channel in {seen} batch(es); "
@@ -150,7 +153,9 @@ def precise_batchnorm(
     (default: when stderr is a terminal).
 
     Only ``running_mean`` and ``running_var`` change, and only for batch norms that
-    track running statistics and were reached. Everything else is put back: every
+    track running statistics, normalize with batch statistics in training (not those
+    frozen with ``freeze("statistics")``, whose statistics are fixed by choice) and were
+    reached. Everything else is put back: every
     other buffer (including ``num_batches_tracked``, which counts training steps and
     is left as it was, so ``momentum=None`` averaging continues from the same count),
     each module's training flag, the RNG state; parameters, their gradients and any
