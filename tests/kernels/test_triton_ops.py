@@ -9,7 +9,7 @@ of it runs under the Triton interpreter on CPU tensors.
 import pytest
 import torch
 
-from triton_cases import DEVICE, skip_unless_kernels_run
+from triton_cases import DEVICE, skip_unless_kernels_run, split
 
 skip_unless_kernels_run()
 
@@ -17,6 +17,8 @@ import normlab  # noqa: E402
 from conftest import assert_rel  # noqa: E402
 from normlab import backends  # noqa: E402
 from normlab.kernels import triton_bn, triton_ops  # noqa: E402
+
+pytestmark = pytest.mark.gpu  # on the GPU where there is one (pytest -m gpu tests/gpu tests/kernels)
 
 f64 = dict(dtype=torch.float64, device=DEVICE)
 OPS = torch.ops.normlab
@@ -117,12 +119,13 @@ def test_autocast_gives_what_torch_batch_norm_gives():
     assert_rel(ours.running_mean, theirs.running_mean, 1e-5, "running_mean")
 
 
-@pytest.mark.parametrize("split", [False, True], ids=["on_chip", "split"])
+@pytest.mark.parametrize("path", ["on_chip", "split"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["NCHW", "channels_last"])
 @pytest.mark.parametrize("momentum", [0.1, None])
-def test_batchnorm2d_on_the_triton_backend_is_torchs(monkeypatch, channels_last, momentum, split):
-    if split:
-        monkeypatch.setattr(triton_bn, "plan", lambda M, C, contiguous, programs: triton_bn.Plan(16, 2, 32))
+def test_batchnorm2d_on_the_triton_backend_is_torchs(monkeypatch, channels_last, momentum, path):
+    if path == "split":
+        real = triton_bn.plan
+        monkeypatch.setattr(triton_bn, "plan", lambda t, **_: real(t, **split(t)))
     gen = torch.Generator().manual_seed(0)
     ours = normlab.BatchNorm2d(3, momentum=momentum).to(DEVICE)
     theirs = torch.nn.BatchNorm2d(3, momentum=momentum).to(DEVICE)
@@ -153,7 +156,8 @@ def test_batchnormact_runs_the_kernels_when_triton_is_chosen(monkeypatch, op, la
     monkeypatch.setattr(triton_ops, "batch_norm_act", lambda *a: calls.append(a[-1]) or real(*a))
     bn = normlab.BatchNormAct(3, **layer).to(DEVICE)
     x = torch.randn(4, 3, 2, 2, device=DEVICE)
-    assert backends.choose(op, x) != "triton"  # never automatically
+    # automatically: never on a CPU tensor; on a GPU, where the dispatch rule says so
+    assert (backends.choose(op, x) == "triton") == (x.is_cuda and backends.triton_is_faster(op, x))
     with normlab.use_backend("triton"):
         assert backends.choose(op, x) == "triton"
         y = bn(x)
