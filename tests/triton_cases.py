@@ -75,49 +75,80 @@ KINKS = {"relu": 0.0, "leaky_relu": PARAM["leaky_relu"]}
 KINK_BAND = 3e-5  # |z| below this times the size of z's terms counts as "within rounding of 0"
 
 
-def assert_gradients(out, x, weight, bias, dy, activation="identity", residual=None, tol=None, ptol=None, what=""):
-    """out["dx"], out["dw"], out["db"] (and out["dres"]) against the float64 reference.
+def expected(x, weight, bias, dy, activation="identity", residual=None, eps=1e-5, on_device=False):
+    """The float64 reference as torch tensors: y, z, x_hat, inv_std, dx, dw, db, dres (per channel: 1-D).
+
+    From normlab.reference (NumPy), or with ``on_device``, from the same formulas in
+    float64 torch on x's device with torch's autograd (for GPU-sized tensors).
+    """
+    param = PARAM.get(activation, 0.0)
+    if not on_device:
+        y, cache, z = R.batch_norm_act_train(as64(x), as64(weight), as64(bias), eps, activation, param,
+                                             as64(residual))
+        dx, dw, db, dres = R.batch_norm_act_backward(as64(dy), cache, z, activation, param)
+        t = {"y": y, "z": z, "x_hat": cache.x_hat, "inv_std": np.ravel(cache.inv_std), "dx": dx, "dres": dres,
+             "dw": dw if dw is not None else (as64(dy) * 0).sum(axis=(0, *range(2, x.dim()))), "db": db}
+        return {k: None if v is None else torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in t.items()}
+    dims = [0, *range(2, x.dim())]
+    per_channel = [1, -1] + [1] * (x.dim() - 2)
+    x64 = x.detach().double().requires_grad_()
+    w64 = (torch.ones(x.shape[1], device=x.device) if weight is None else weight).detach().double().requires_grad_()
+    b64 = (torch.zeros(x.shape[1], device=x.device) if bias is None else bias).detach().double().requires_grad_()
+    r64 = None if residual is None else residual.detach().double().requires_grad_()
+    mean = x64.mean(dims, keepdim=True)
+    inv_std = torch.rsqrt(((x64 - mean) ** 2).mean(dims, keepdim=True) + eps)
+    x_hat = (x64 - mean) * inv_std
+    z = x_hat * w64.view(per_channel) + b64.view(per_channel) + (0 if r64 is None else r64)
+    F = torch.nn.functional
+    y = {"identity": lambda z: z, "relu": F.relu, "leaky_relu": lambda z: F.leaky_relu(z, param),
+         "elu": lambda z: F.elu(z, param), "silu": F.silu, "sigmoid": torch.sigmoid}[activation](z)
+    leaves = [x64, w64, b64] + ([r64] if r64 is not None else [])
+    dx, dw, db, *dres = torch.autograd.grad(y, leaves, dy.double())
+    return {"y": y.detach(), "z": z.detach(), "x_hat": x_hat.detach(), "inv_std": inv_std.detach().flatten(),
+            "dx": dx, "dw": dw, "db": db, "dres": dres[0] if dres else None}
+
+
+def assert_gradients(out, x, weight, bias, dy, activation="identity", residual=None, tol=None, ptol=None, what="",
+                     on_device=False):
+    """out["y"], out["dx"], out["dw"], out["db"] (and out["dres"]) against the float64 :func:`expected`.
 
     At an activation's kink the comparison allows for a sign flip: where the reference's
     z lies within rounding of 0, a kernel that computes z in float32 may take the other
     side, so its act' differs by (1 - slope). Those elements are left out of the dx and
     dresidual comparisons, and what their flips can change in the sums (and through the
     sums, in every dx) is added to the tolerances. Elsewhere (and for smooth activations)
-    this is the plain comparison.
+    this is the plain comparison. Returns the number of elements within rounding of the kink.
     """
-    from conftest import assert_rel
-
     tol = tol or TOL[x.dtype]
     ptol = ptol or max(TOL[out["dw"].dtype], 1e-5)
-    param = PARAM.get(activation, 0.0)
-    y, cache, z = R.batch_norm_act_train(as64(x), as64(weight), as64(bias), 1e-5, activation, param, as64(residual))
-    dx, dw, db, dres = R.batch_norm_act_backward(as64(dy), cache, z, activation, param)
-    axes = (0, *range(2, x.dim()))
-    size = np.abs(cache.x_hat * (1.0 if weight is None else cache.weight)) + np.abs(z - cache.x_hat * (
-        1.0 if weight is None else cache.weight))
-    band = (np.abs(z) <= KINK_BAND * size) if activation in KINKS else np.zeros(z.shape, bool)
-    flip = np.where(band, np.abs(as64(dy)) * (1 - KINKS.get(activation, 1.0)), 0.0)
-    allow_db = flip.sum(axis=axes)
-    allow_dw = (flip * np.abs(cache.x_hat)).sum(axis=axes)
-    gain = np.abs(cache.inv_std * (1.0 if weight is None else cache.weight))
-    per_channel = cache.inv_std.shape
-    allow_dx = gain * (allow_db.reshape(per_channel) + np.abs(cache.x_hat) * allow_dw.reshape(per_channel))
-    allow_dx /= cache.count
-    keep = ~band
+    e = expected(x, weight, bias, dy, activation, residual, on_device=on_device)
+    device = e["y"].device
+    dims = [0, *range(2, x.dim())]
+    per_channel = [1, -1] + [1] * (x.dim() - 2)
+    w = 1.0 if weight is None else weight.detach().double().to(device).view(per_channel)
+    size = (e["x_hat"] * w).abs() + (e["z"] - e["x_hat"] * w).abs()
+    band = (e["z"].abs() <= KINK_BAND * size) if activation in KINKS else torch.zeros_like(e["z"], dtype=torch.bool)
+    flip = torch.where(band, dy.detach().double().to(device).abs() * (1 - KINKS.get(activation, 1.0)), 0.0)
+    allow_db = flip.sum(dims)
+    allow_dw = (flip * e["x_hat"].abs()).sum(dims)
+    gain = (e["inv_std"].view(per_channel) * w).abs()
+    allow_dx = gain * (allow_db.view(per_channel) + e["x_hat"].abs() * allow_dw.view(per_channel)) * (
+        x.shape[1] / x.numel())
 
-    def close(got, expected, rel, allowance, name):
-        got = as64(got)
-        err = np.abs(got - expected)
-        scale = max(np.abs(expected).max(), 1e-12)
-        worst = (err - allowance).max()
+    def close(got, want, rel, allowance, name, keep=None):
+        got = got.detach().double().to(device)
+        err = (got - want).abs() - allowance
+        if keep is not None:
+            err = torch.where(keep, err, 0.0)
+        worst, scale = err.max().item(), max(want.abs().max().item(), 1e-12)
         assert worst <= rel * scale, f"{what} {name}: error past the kink allowance {worst:.3g} > {rel:g} x {scale:.3g}"
 
-    close(np.where(keep, as64(out["dx"]), dx), dx, tol, allow_dx, "dx")
-    close(out["dw"], dw, ptol, allow_dw, "dweight")
-    close(out["db"], db, ptol, allow_db, "dbias")
+    close(out["y"], e["y"], tol, 0.0, "y")  # y is continuous at the kink
+    close(out["dx"], e["dx"], tol, allow_dx, "dx", ~band)
+    close(out["dw"], e["dw"], ptol, allow_dw, "dweight")
+    close(out["db"], e["db"], ptol, allow_db, "dbias")
     if residual is not None:
-        close(np.where(keep, as64(out["dres"]), dres), dres, tol, 0.0, "dresidual")
-    assert_rel(out["y"].cpu(), y, tol, f"{what} y")  # y is continuous at the kink
+        close(out["dres"], e["dres"], tol, 0.0, "dresidual", ~band)
     return int(band.sum())
 
 

@@ -262,3 +262,16 @@ def test_property_matches_the_reference(n, c, h, w, channels_last, activation, r
     r = make((n, c, h, w), torch.float64, channels_last, DEVICE, seed=seed + 1)[0] if residual else None
     check(run(x, wt, b, dy, activation, r, plan=PATHS["split" if split_ else "on_chip"]), x, dy, b, activation, r,
           tol=1e-8)
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "elu", "silu"])
+def test_the_on_device_reference_is_normlab_reference(activation):
+    """tests/gpu compares GPU-sized tensors with the reference computed in float64 by torch on the
+    device; on small inputs that must be normlab.reference's answer."""
+    from triton_cases import expected
+
+    x, w, b, dy = make((5, 3, 2, 3), torch.float64, False, "cpu", offset=0.3)
+    r = make((5, 3, 2, 3), torch.float64, False, "cpu", seed=1)[0]
+    numpy_, torch_ = (expected(x, w, b, dy, activation, r, on_device=d) for d in (False, True))
+    for key in numpy_:
+        assert_rel(torch_[key], numpy_[key].reshape(torch_[key].shape), 1e-12, key)
