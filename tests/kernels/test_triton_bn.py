@@ -275,3 +275,16 @@ def test_the_on_device_reference_is_normlab_reference(activation):
     numpy_, torch_ = (expected(x, w, b, dy, activation, r, on_device=d) for d in (False, True))
     for key in numpy_:
         assert_rel(torch_[key], numpy_[key].reshape(torch_[key].shape), 1e-12, key)
+
+
+def test_launches_go_to_the_inputs_gpu():
+    """Triton launches on the current device; the kernels switch to the input's for the launch."""
+    class OnSecondGpu:
+        is_cuda = True
+        device = torch.device("cuda", 1)
+
+    guard = triton_bn._on_device(OnSecondGpu())
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    x = torch.zeros(2, 3)
+    with triton_bn._on_device(x):  # CPU tensors (the interpreter): nothing to switch
+        pass
