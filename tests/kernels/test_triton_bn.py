@@ -179,6 +179,10 @@ def test_plan_keeps_what_fits_a_tile_on_chip_and_splits_the_rest():
     assert not planned((32, 2048, 7, 7), channels_last=True).on_chip
     assert not planned((32, 1024, 14, 14), channels_last=True).on_chip
     assert planned((4, 2048, 4, 4), channels_last=True).on_chip  # 64 rows
+    assert planned((16, 2048, 4, 4), torch.float32, channels_last=True).on_chip  # 256 rows of 32 float32 channels
+    assert not planned((16, 2048, 4, 4), channels_last=True).on_chip  # 256 rows of 64 float16 channels
+    for shape in ((256, 1024, 4, 4), (256, 2048, 2, 2), (512, 2048, 1, 1)):  # the benchmark's small-spatial cases
+        assert not planned(shape, channels_last=True).on_chip
     assert planned((32, 2048, 7, 7), torch.float32, channels_last=True).block_b == 32  # 128 bytes of float32
 
 
