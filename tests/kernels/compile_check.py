@@ -96,10 +96,11 @@ def variants(everything: bool):
             shifted = xdt in ("fp32", "fp64")
             if training:
                 yield T._forward_on_chip, xdt, acc, dict(
-                    base, HAS_RUNNING=residual, SHIFTED=shifted, CHANNELS_LAST=channels_last, CPB=layout["CPB"],
+                    base, HAS_RUNNING=residual, SKIP_NON_FINITE=affine, SHIFTED=shifted, CHANNELS_LAST=channels_last,
+                    CPB=layout["CPB"],
                     ALIGN=4, IDX=layout["IDX"], BLOCK_A=16, BLOCK_B=16)
                 yield T._forward_statistics, xdt, acc, dict(layout, **tuned, HAS_RUNNING=residual, SHIFTED=shifted,
-                                                            ACC=acc, KB=8)
+                                                            SKIP_NON_FINITE=affine, ACC=acc, KB=8)
             yield T._forward_apply, xdt, acc, dict(base, **layout, **tuned, TRAINING=training, SHIFTED=shifted)
             for from_output in (False, True):
                 if from_output and (activation not in T.INVERTIBLE or residual):
@@ -190,7 +191,8 @@ def loop_report(shape, layout: str, dtype: torch.dtype, kernel_name: str):
     shifted = T._shifted(dtype)
     backward = dict(flags, RESIDUAL_GRAD=False, FROM_OUTPUT=False, SHIFTED=shifted)
     constexprs = {
-        "statistics": dict(layout_constexprs, HAS_RUNNING=True, SHIFTED=shifted, ACC=acc, KB=p.merge_rows),
+        "statistics": dict(layout_constexprs, HAS_RUNNING=True, SKIP_NON_FINITE=True, SHIFTED=shifted, ACC=acc,
+                           KB=p.merge_rows),
         "apply": dict(flags, **layout_constexprs, TRAINING=True, SHIFTED=shifted),
         "backward sums": dict(backward, **layout_constexprs, WRITE_DX=False, KB=p.merge_rows),
         "backward apply": dict(backward, **layout_constexprs),

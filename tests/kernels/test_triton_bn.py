@@ -281,14 +281,19 @@ def test_the_on_device_reference_is_normlab_reference(activation):
         assert_rel(torch_[key], numpy_[key].reshape(torch_[key].shape), 1e-12, key)
 
 
-def test_launches_go_to_the_inputs_gpu():
+def test_launches_go_to_the_inputs_gpu(monkeypatch):
     """Triton launches on the current device; the kernels switch to the input's for the launch."""
     class OnSecondGpu:
         is_cuda = True
         device = torch.device("cuda", 1)
 
+        def get_device(self):
+            return 1
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     guard = triton_bn._on_device(OnSecondGpu())
     assert isinstance(guard, torch.cuda.device) and guard.idx == 1
-    x = torch.zeros(2, 3)
-    with triton_bn._on_device(x):  # CPU tensors (the interpreter): nothing to switch
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert not isinstance(triton_bn._on_device(OnSecondGpu()), torch.cuda.device)  # already there: nothing to do
+    with triton_bn._on_device(torch.zeros(2, 3)):  # CPU tensors (the interpreter): nothing to switch
         pass

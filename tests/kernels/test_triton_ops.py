@@ -165,3 +165,60 @@ def test_batchnormact_runs_the_kernels_when_triton_is_chosen(monkeypatch, op, la
     with normlab.use_backend("normlab"):
         expected = bn(x)
     assert_rel(y, expected, 1e-5, "same layer on the torch-ops path")
+
+
+# --- the eager path ----------------------------------------------------------------------
+
+
+def test_eager_steps_run_the_function_on_the_buffers_themselves(monkeypatch):
+    """Eager mode: no custom op, the kernel writes the running statistics in place (no new tensors, no copy)."""
+    monkeypatch.setattr(triton_ops, "_forward", lambda *a: pytest.fail("the custom op ran in eager mode"))
+    seen = []
+    real = triton_bn.forward
+    monkeypatch.setattr(triton_bn, "forward", lambda *a, **k: seen.append((a[4], a[5], k, len(a))) or real(*a, **k))
+    x, w, b = leaves((4, 3, 5), (3,), (3,))
+    rm, rv = torch.zeros(3, **f64), torch.ones(3, **f64)
+    y = triton_ops.batch_norm_act(x, w, b, None, rm, rv, True, 0.1, 1e-5, "relu", 0.0, False)
+    (running_mean, running_var, options, positional), = seen
+    assert running_mean is rm and running_var is rv and positional == 11 and "new_running" not in options
+    assert y.grad_fn is not None and type(y.grad_fn).__name__ == "BatchNormActBackward"
+    var = x.detach().var((0, 2))
+    assert_rel(rv, 0.9 + 0.1 * var, 1e-10, "running_var updated in place")
+    with torch.no_grad():  # nothing to differentiate: the forward kernel alone
+        assert triton_ops.batch_norm_act(x, w, b, None, rm, rv, True, 0.1, 1e-5, "relu", 0.0, False).grad_fn is None
+
+
+@pytest.mark.parametrize("path", ["on_chip", "split", "compiled"])
+def test_non_finite_updates_are_skipped_on_the_device(monkeypatch, path):
+    """A channel holding NaN keeps its running statistics; the others are updated."""
+    if path == "split":
+        real = triton_bn.plan
+        monkeypatch.setattr(triton_bn, "plan", lambda t, **_: real(t, **split(t)))
+    x = torch.randn(4, 3, 5, 5, **f64)
+    x[1, 2, 3, 1] = float("nan")
+    rm, rv = torch.full((3,), 0.5, **f64), torch.full((3,), 2.0, **f64)
+
+    def step(x, rm, rv):
+        return triton_ops.batch_norm_act(x, None, None, None, rm, rv, True, 0.1, 1e-5, "identity", 0.0, False, True)
+
+    if path == "compiled":
+        torch._dynamo.reset()
+        step = torch.compile(step, backend="aot_eager", fullgraph=True)
+    y = step(x, rm, rv)
+    assert torch.isnan(y[:, 2]).all() and torch.isfinite(y[:, :2]).all()
+    assert rm[2] == 0.5 and rv[2] == 2.0  # left as they were
+    assert_rel(rm[:2], 0.45 + 0.1 * x[:, :2].mean((0, 2, 3)), 1e-10, "running_mean of the finite channels")
+    nan_propagates = x.clone()
+    rm2, rv2 = rm.clone(), rv.clone()
+    triton_ops.batch_norm_act(nan_propagates, None, None, None, rm2, rv2, True, 0.1, 1e-5, "identity", 0.0, False)
+    assert torch.isnan(rm2[2]) and torch.isnan(rv2[2])  # without the flag, as torch does
+
+
+def test_plans_are_cached_per_shape_strides_and_dtype():
+    x = torch.randn(4, 3, 5, 5)
+    first = triton_bn.plan(x)
+    assert triton_bn.plan(torch.randn(4, 3, 5, 5)) is first  # same shape, strides, dtype: the same plan
+    assert triton_bn._PLANS[(x.shape, x.stride(), x.dtype, x.device)] is first
+    assert triton_bn.plan(x.to(memory_format=torch.channels_last)) != first
+    assert triton_bn.plan(x.half()) is not first
+    assert triton_bn.plan(x, on_chip=False) != first  # forcing a choice plans anew

@@ -189,8 +189,13 @@ def _shift(x, cols, cmask, stride_c, SHIFTED: tl.constexpr, IDX: tl.constexpr, A
 
 @triton.jit
 def _finish_statistics(shift, mean, var, M, eps, momentum, cols, smask, mean_out, rstd_out,
-                       running_mean, running_var, new_running_mean, new_running_var, HAS_RUNNING: tl.constexpr):
-    """rstd from the biased var; store mean (of x - shift), rstd; new running = running + momentum (batch - running)."""
+                       running_mean, running_var, new_running_mean, new_running_var, HAS_RUNNING: tl.constexpr,
+                       SKIP_NON_FINITE: tl.constexpr):
+    """rstd from the biased var; store mean (of x - shift), rstd; new running = running + momentum (batch - running).
+
+    With SKIP_NON_FINITE a channel whose new running statistics are not finite keeps its
+    old ones (the layers' "skip" policy, decided on the device: nothing waits for it).
+    """
     rstd = 1 / tl.sqrt(var + eps)
     tl.store(mean_out + cols, mean, mask=smask)
     tl.store(rstd_out + cols, rstd, mask=smask)
@@ -198,8 +203,14 @@ def _finish_statistics(shift, mean, var, M, eps, momentum, cols, smask, mean_out
         rm = tl.load(running_mean + cols, mask=smask, other=0.0).to(mean.dtype)
         rv = tl.load(running_var + cols, mask=smask, other=0.0).to(mean.dtype)
         unbiased = var * M / tl.maximum(M - 1, 1)  # var first: M may be an integer
-        tl.store(new_running_mean + cols, rm + momentum * (shift + mean - rm), mask=smask)
-        tl.store(new_running_var + cols, rv + momentum * (unbiased - rv), mask=smask)
+        new_mean = rm + momentum * (shift + mean - rm)
+        new_var = rv + momentum * (unbiased - rv)
+        if SKIP_NON_FINITE:
+            finite = (tl.abs(new_mean) < float("inf")) & (tl.abs(new_var) < float("inf"))  # False for NaN too
+            new_mean = tl.where(finite, new_mean, rm)
+            new_var = tl.where(finite, new_var, rv)
+        tl.store(new_running_mean + cols, new_mean, mask=smask)
+        tl.store(new_running_var + cols, new_var, mask=smask)
     return rstd
 
 
@@ -208,10 +219,13 @@ def _arrive_last(counter, block, N_CHUNKS):
     """Whether this program is the last of its channel block's chunks to finish.
 
     Its partials are stored before it arrives (the barrier, then an acq_rel atomic at
-    GPU scope), so the last to arrive sees every chunk's partials.
+    GPU scope), so the last to arrive sees every chunk's partials. The last one sets the
+    counter back to 0: the launch leaves the counters as it found them.
     """
     tl.debug_barrier()
-    return tl.atomic_add(counter + block, 1) == N_CHUNKS - 1
+    last = tl.atomic_add(counter + block, 1) == N_CHUNKS - 1
+    tl.store(counter + block, 0, mask=last)
+    return last
 
 
 # --- kernels: forward -------------------------------------------------------------------
@@ -229,7 +243,8 @@ def _arrive_last(counter, block, N_CHUNKS):
 def _forward_on_chip(x, y, residual, weight, bias, mean_out, rstd_out, running_mean, running_var,
                      new_running_mean, new_running_var, A, B, C, stride_a, stride_c, eps, momentum, param,
                      HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                     HAS_RUNNING: tl.constexpr, ACTIVATION: tl.constexpr, SHIFTED: tl.constexpr,
+                     HAS_RUNNING: tl.constexpr, SKIP_NON_FINITE: tl.constexpr, ACTIVATION: tl.constexpr,
+                     SHIFTED: tl.constexpr,
                      CHANNELS_LAST: tl.constexpr, CPB: tl.constexpr, ALIGN: tl.constexpr, IDX: tl.constexpr,
                      ACC: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
     """Training forward of one channel block whose values fit one tile: x is read once."""
@@ -245,7 +260,8 @@ def _forward_on_chip(x, y, residual, weight, bias, mean_out, rstd_out, running_m
     x_c = tl.where(mask, xv - mean[None, :], 0.0)
     var = _per_channel_sum(x_c * x_c, CHANNELS_LAST) / M
     rstd = _finish_statistics(shift, mean, var, M, eps, momentum, cols, cmask, mean_out, rstd_out,
-                              running_mean, running_var, new_running_mean, new_running_var, HAS_RUNNING)
+                              running_mean, running_var, new_running_mean, new_running_var, HAS_RUNNING,
+                              SKIP_NON_FINITE)
     w, b = _params(weight, bias, cols, cmask, HAS_WEIGHT, HAS_BIAS, ACC)
     z = x_c * (rstd * w)[None, :] + b[None, :]
     if HAS_RESIDUAL:
@@ -257,7 +273,8 @@ def _forward_on_chip(x, y, residual, weight, bias, mean_out, rstd_out, running_m
 def _forward_statistics(x, partial, counter, mean_out, rstd_out, running_mean, running_var,
                         new_running_mean, new_running_var, A, B, C, stride_a, stride_c,
                         CHUNK_A, B_CHUNKS, N_CHUNKS, eps, momentum,
-                        HAS_RUNNING: tl.constexpr, SHIFTED: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                        HAS_RUNNING: tl.constexpr, SKIP_NON_FINITE: tl.constexpr, SHIFTED: tl.constexpr,
+                        CHANNELS_LAST: tl.constexpr,
                         CPB: tl.constexpr, BLOCK_B: tl.constexpr, B_T: tl.constexpr, ALIGN: tl.constexpr,
                         MASK_B: tl.constexpr, EVEN_B: tl.constexpr, IDX: tl.constexpr, ACC: tl.constexpr,
                         ELT: tl.constexpr, KB: tl.constexpr, TILE_BYTES: tl.constexpr, STAGES: tl.constexpr):
@@ -329,7 +346,8 @@ def _forward_statistics(x, partial, counter, mean_out, rstd_out, running_mean, r
             mean_all, m2_all, total = _chan(mean_all, m2_all, total, mean_b, m2_b, n_b)
         M = tl.maximum(total, 1.0)
         _finish_statistics(shift_c, mean_all, m2_all / M, M, eps, momentum, cols, cmask, mean_out, rstd_out,
-                           running_mean, running_var, new_running_mean, new_running_var, HAS_RUNNING)
+                           running_mean, running_var, new_running_mean, new_running_var, HAS_RUNNING,
+                           SKIP_NON_FINITE)
 
 
 @triton.jit
@@ -693,6 +711,8 @@ def programs_wanted(device: torch.device) -> int:
 def geometry(shape, strides):
     """``(channels_last, A, B, stride_a, stride_c)`` of a tensor, or None when its layout needs a copy.
 
+    (Cached: :func:`_geometry`.)
+
     Channels-last needs C contiguous and rows evenly spaced; channels-first needs the
     spatial axes to merge into one contiguous axis.
     """
@@ -713,13 +733,16 @@ def geometry(shape, strides):
     return None
 
 
+_geometry = functools.lru_cache(maxsize=4096)(geometry)
+
+
 def _largest_divisor(n: int, at_most: int) -> int:
     return next(d for d in range(max(1, min(n, at_most)), 0, -1) if n % d == 0)
 
 
 @functools.lru_cache(maxsize=4096)
 def _plan(shape, strides, elt, programs, on_chip, block_b, config, chunk_a, b_t, big) -> Plan:
-    channels_last, A, B, stride_a, stride_c = geometry(shape, strides)
+    channels_last, A, B, stride_a, stride_c = _geometry(shape, strides)
     C = shape[1]
     if channels_last:
         block_b = block_b or min(_pow2(C), max(1, ROW_BYTES // elt))
@@ -762,21 +785,32 @@ def _plan(shape, strides, elt, programs, on_chip, block_b, config, chunk_a, b_t,
                 n_chunks, align, mask_b, even_b, big, 4, config)
 
 
-def plan(t: torch.Tensor, *, on_chip: bool | None = None, block_b: int | None = None,
-         config: tuple[int, int, int] | None = None, chunk_a: int | None = None, b_t: int | None = None,
-         big: bool | None = None, programs: int | None = None) -> Plan:
+def plan(t: torch.Tensor, programs: int | None = None, **forced) -> Plan:
     """The plan for a tensor like ``t`` (cached per shape, strides, dtype and device).
 
-    The keywords force a choice (tests use them to run the split path, with small tiles,
-    on small shapes): ``on_chip``; ``block_b`` (columns per tile, channels per block when
+    Keywords force a choice (tests use them to run the split path, with small tiles, on
+    small shapes): ``on_chip``; ``block_b`` (columns per tile, channels per block when
     channels-last); ``config`` = (tile bytes, warps, stages); ``chunk_a`` rows per chunk;
     ``b_t`` column tiles per chunk (at most; channels-first); ``big``, 64-bit offsets;
     ``programs``, the programs a split launch aims at (by default, for t's device).
     """
-    if geometry(t.shape, t.stride()) is None:
+    if forced or programs is not None:
+        return _plan_uncached(t, programs, **forced)
+    key = (t.shape, t.stride(), t.dtype, t.device)
+    p = _PLANS.get(key)
+    if p is None:
+        p = _PLANS[key] = _plan_uncached(t, None)
+    return p
+
+
+_PLANS: dict = {}  # (shape, strides, dtype, device) -> Plan: one dictionary lookup a launch
+
+
+def _plan_uncached(t, programs, **forced) -> Plan:
+    if _geometry(tuple(t.shape), t.stride()) is None:
         raise ValueError(f"triton batch norm: strides {t.stride()} of shape {tuple(t.shape)} need a copy first")
-    return _plan(tuple(t.shape), t.stride(), t.element_size(), programs or programs_wanted(t.device), on_chip,
-                 block_b, config, chunk_a, b_t, big)
+    options = {k: forced.get(k) for k in ("on_chip", "block_b", "config", "chunk_a", "b_t", "big")}
+    return _plan(tuple(t.shape), t.stride(), t.element_size(), programs or programs_wanted(t.device), **options)
 
 
 # --- launch -----------------------------------------------------------------------------
@@ -801,14 +835,42 @@ def _in_layout(t, ref):
 
 def _work(out: torch.Tensor):
     """A tensor the kernels can write for ``out``: itself, or a contiguous stand-in."""
-    if geometry(out.shape, out.stride()) is not None:
+    if _geometry(out.shape, out.stride()) is not None:
         return out
     return torch.empty_like(out, memory_format=torch.contiguous_format)
 
 
+_NOWHERE = contextlib.nullcontext()
+
+
 def _on_device(t: torch.Tensor):
     """Launch on t's GPU, not the current one (a no-op for CPU tensors, under the interpreter)."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+    if t.is_cuda and t.get_device() != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return _NOWHERE
+
+
+_COUNTERS: dict = {}
+
+
+def _counters(device: torch.device, n: int) -> torch.Tensor:
+    """At least n zeros the split kernels count arrivals in, kept per device and stream.
+
+    Each launch leaves them 0 again (the last program of each channel block resets its
+    counter), so a stream's launches, one after the other, share them without clearing
+    them first; other streams get their own. While a CUDA graph is being captured, fresh
+    zeros (the memset is captured).
+    """
+    if device.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            return torch.zeros(n, device=device, dtype=torch.int32)
+        key = (device.index, torch.cuda.current_stream(device).cuda_stream)
+    else:
+        key = (device.type, device.index)
+    counters = _COUNTERS.get(key)
+    if counters is None or counters.numel() < n:
+        counters = _COUNTERS[key] = torch.zeros(max(n, 1024), device=device, dtype=torch.int32)
+    return counters
 
 
 def _launch(kernel, grid, args, config, **constexprs):
@@ -832,7 +894,7 @@ def _check(x: torch.Tensor, activation: str):
         raise ValueError(f"triton batch norm: unknown activation {activation!r}; expected one of {ACTIVATIONS}")
     if not 2 <= x.dim() <= 5:
         raise ValueError(f"triton batch norm: expected a 2-D to 5-D input, got shape {tuple(x.shape)}")
-    if x.device.type == "cpu" and not INTERPRETED:
+    if not (x.is_cuda or INTERPRETED):
         raise RuntimeError(
             "triton batch norm: CPU tensors run only under the Triton interpreter (set "
             "TRITON_INTERPRET=1 before triton is imported); on a GPU pass CUDA tensors"
@@ -853,14 +915,16 @@ def _layout_constexprs(p: Plan, elt: int) -> dict:
 
 def forward(x, weight, bias, residual, running_mean, running_var, training: bool, momentum: float,
             eps: float, activation: str = "identity", param: float = 0.0, new_running=None,
-            plan_: Plan | None = None):
+            plan_: Plan | None = None, skip_non_finite: bool = False):
     """``y = act(batch_norm(x) + residual)``; returns ``(y, mean, rstd)`` (float32, float64 for float64 x).
 
     Training uses the batch statistics and, when running_mean/var are given, writes
     their update into ``new_running`` (a pair of tensors like them; by default they
-    themselves, in place); ``mean`` is then the mean of ``x - x[first row]`` (the
-    shifted-data algorithm; :func:`backward` takes it as it is). Inference uses the
-    running statistics, and mean and rstd returned are theirs.
+    themselves, in place), except, with ``skip_non_finite``, for channels whose update is
+    not finite, which keep their old values. ``mean`` is then the mean of
+    ``x - x[first row]`` for float32 and float64 inputs (the shifted-data algorithm), of
+    x for 16-bit ones; :func:`backward` takes it as it is. Inference uses the running
+    statistics, and mean and rstd returned are theirs.
     """
     _check(x, activation)
     has_running = running_mean is not None and running_var is not None
@@ -887,7 +951,8 @@ def forward(x, weight, bias, residual, running_mean, running_var, training: bool
     with _on_device(x):
         if training and p.on_chip:
             _launch(_forward_on_chip, p.grid, (*ptrs, *running, *geometry_, eps, momentum, param), None,
-                    HAS_RUNNING=has_running, SHIFTED=shifted, CHANNELS_LAST=p.channels_last, CPB=p.cpb, ALIGN=p.align,
+                    HAS_RUNNING=has_running, SKIP_NON_FINITE=skip_non_finite, SHIFTED=shifted,
+                    CHANNELS_LAST=p.channels_last, CPB=p.cpb, ALIGN=p.align,
                     IDX=_index_type(p),
                     BLOCK_A=p.block_a, BLOCK_B=p.block_b, num_warps=p.num_warps, **flags)
         else:
@@ -895,10 +960,11 @@ def forward(x, weight, bias, residual, running_mean, running_var, training: bool
             chunking = (p.chunk_a, p.b_chunks, p.n_chunks)
             if training:
                 partial = torch.empty(3 * p.n_chunks * C, device=x.device, dtype=acc)
-                counter = torch.zeros(p.channel_blocks, device=x.device, dtype=torch.int32)
+                counter = _counters(x.device, p.channel_blocks)
                 _launch(_forward_statistics, p.grid,
                         (x, partial, counter, mean, rstd, *running, *geometry_, *chunking, eps, momentum), p.config,
-                        HAS_RUNNING=has_running, SHIFTED=shifted, ACC=ACC, KB=p.merge_rows, **layout)
+                        HAS_RUNNING=has_running, SKIP_NON_FINITE=skip_non_finite, SHIFTED=shifted, ACC=ACC,
+                        KB=p.merge_rows, **layout)
             _launch(_forward_apply, p.grid, (*ptrs, *running[:2], *geometry_, *chunking, eps, param), p.config,
                     TRAINING=training, SHIFTED=shifted, **flags, **layout)
     if work is not y:
@@ -951,7 +1017,7 @@ def backward(dy, saved, weight, bias, residual, mean, rstd, training: bool, acti
             chunking = (p.chunk_a, p.b_chunks, p.n_chunks)
             scratch = torch.empty((2 * p.n_chunks + 2) * C, device=saved.device, dtype=acc)
             partial, sums = scratch[:2 * p.n_chunks * C], scratch[2 * p.n_chunks * C:]
-            counter = torch.zeros(p.channel_blocks, device=saved.device, dtype=torch.int32)
+            counter = _counters(saved.device, p.channel_blocks)
             _launch(_backward_sums, p.grid,
                     (*ptrs, dweight, dbias, partial, sums, counter, *geometry_, *chunking, param), p.config,
                     WRITE_DX=not training, KB=p.merge_rows, **flags, **layout)
