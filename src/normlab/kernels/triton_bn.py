@@ -326,10 +326,11 @@ def _forward_statistics(x, partial, counter, mean_out, rstd_out, running_mean, r
         mean_s, m2_s, n_s = tl.reduce((mean_r, m2_r, n_r), 0, _chan)
         one = tl.zeros([1], ACC)
         mean_c, m2_c, n_c = one + mean_s, one + m2_s, one + n_s
-    part = partial + chunk * C + cols
+    row = tl.cast(C, IDX)  # the partials' offsets: IDX too
+    part = partial + chunk * row + cols
     tl.store(part, mean_c, mask=cmask)
-    tl.store(part + N_CHUNKS * C, m2_c, mask=cmask)
-    tl.store(part + 2 * N_CHUNKS * C, n_c, mask=cmask)
+    tl.store(part + N_CHUNKS * row, m2_c, mask=cmask)
+    tl.store(part + 2 * N_CHUNKS * row, n_c, mask=cmask)
     if _arrive_last(counter, block, N_CHUNKS):
         # every chunk's partials, KB at a time, in chunk order (Chan's formula again)
         k = tl.arange(0, KB)
@@ -337,11 +338,11 @@ def _forward_statistics(x, partial, counter, mean_out, rstd_out, running_mean, r
         m2_all = tl.zeros([CPB], ACC)
         total = tl.zeros([CPB], ACC)
         for k0 in range(0, N_CHUNKS, KB):
-            idx = (k0 + k)[:, None] * C + cols[None, :]
+            idx = (k0 + k)[:, None] * row + cols[None, :]
             kmask = (k0 + k < N_CHUNKS)[:, None] & cmask[None, :]
             mean_k = tl.load(partial + idx, mask=kmask, other=0.0, cache_modifier=".cg")
-            m2_k = tl.load(partial + N_CHUNKS * C + idx, mask=kmask, other=0.0, cache_modifier=".cg")
-            n_k = tl.load(partial + 2 * N_CHUNKS * C + idx, mask=kmask, other=0.0, cache_modifier=".cg")
+            m2_k = tl.load(partial + N_CHUNKS * row + idx, mask=kmask, other=0.0, cache_modifier=".cg")
+            n_k = tl.load(partial + 2 * N_CHUNKS * row + idx, mask=kmask, other=0.0, cache_modifier=".cg")
             mean_b, m2_b, n_b = tl.reduce((mean_k, m2_k, n_k), 0, _chan)
             mean_all, m2_all, total = _chan(mean_all, m2_all, total, mean_b, m2_b, n_b)
         M = tl.maximum(total, 1.0)
@@ -528,18 +529,19 @@ def _backward_sums(dy, saved, residual, weight, bias, mean, rstd, dx, dres, dwei
             tl.store(dx + offs, dz * gain, mask=mask)
             if RESIDUAL_GRAD:
                 tl.store(dres + offs, dz, mask=mask)
-    part = partial + chunk * C + cols
+    row = tl.cast(C, IDX)  # the partials' offsets: IDX too
+    part = partial + chunk * row + cols
     tl.store(part, _per_channel_sum(acc_dz, CHANNELS_LAST), mask=cmask)
-    tl.store(part + N_CHUNKS * C, _per_channel_sum(acc_dzx, CHANNELS_LAST), mask=cmask)
+    tl.store(part + N_CHUNKS * row, _per_channel_sum(acc_dzx, CHANNELS_LAST), mask=cmask)
     if _arrive_last(counter, block, N_CHUNKS):
         k = tl.arange(0, KB)
         sum_dz = tl.zeros([CPB], ACC)
         sum_dzx = tl.zeros([CPB], ACC)
         for k0 in range(0, N_CHUNKS, KB):
-            idx = (k0 + k)[:, None] * C + cols[None, :]
+            idx = (k0 + k)[:, None] * row + cols[None, :]
             kmask = (k0 + k < N_CHUNKS)[:, None] & cmask[None, :]
             sum_dz += tl.sum(tl.load(partial + idx, mask=kmask, other=0.0, cache_modifier=".cg"), 0)
-            sum_dzx += tl.sum(tl.load(partial + N_CHUNKS * C + idx, mask=kmask, other=0.0, cache_modifier=".cg"), 0)
+            sum_dzx += tl.sum(tl.load(partial + N_CHUNKS * row + idx, mask=kmask, other=0.0, cache_modifier=".cg"), 0)
         tl.store(sums + cols, sum_dz, mask=cmask)
         tl.store(sums + C + cols, sum_dzx, mask=cmask)
         tl.store(dbias + cols, sum_dz, mask=cmask)
