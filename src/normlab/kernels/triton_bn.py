@@ -652,9 +652,11 @@ class Plan(NamedTuple):
 
     ``channel_blocks`` programs (on chip), or ``n_chunks`` per channel block (split):
     chunks of ``chunk_a`` rows, and for channels-first, ``b_chunks`` column ranges of
-    ``b_t`` column tiles of ``block_b``. ``align`` divides every stride and masked
-    bound (in elements: the widest load the compiler may use); ``big``: 64-bit
-    offsets. ``config`` forces (tile bytes, warps, stages) instead of autotuning.
+    ``b_t`` column tiles of ``block_b``. ``mask_b``: columns need a mask; ``even_b``:
+    every full tile has the same column mask (one column tile a row, or rows a multiple
+    of the tile's width), so full tiles need no other. ``align`` divides every stride
+    and masked bound (in elements: the widest load the compiler may use); ``big``:
+    64-bit offsets. ``config`` forces (tile bytes, warps, stages) instead of autotuning.
     """
 
     on_chip: bool
