@@ -16,7 +16,7 @@ bandwidth of the Triton kernels (bytes that must move / time; training moves 5 t
 of x's size: read x, write y, read x and dy, write dx; inference 2) as a fraction of
 the device's peak and of a device-to-device copy measured in the same run, the targets
 of docs/performance.md, the dispatch rule these measurements imply (in the format of
-normlab.kernels.TRITON_RULE, to paste there), and the peak memory of BN + ReLU against
+normlab.backends.TRITON_RULE, to paste there), and the peak memory of BN + ReLU against
 in-place activated BN over the forward and backward of a small pre-activation ResNet.
 
 Parameters stay float32 for every dtype, as under autocast. Times are medians from
@@ -51,7 +51,7 @@ NO_GPU = (
 
 class Case(NamedTuple):
     shape: tuple[int, ...]
-    layout: str  # "channels_first" or "channels_last", as normlab.kernels.layout names them
+    layout: str  # "channels_first" or "channels_last", as normlab.backends.layout names them
 
 
 def cases(quick: bool) -> list[Case]:
