@@ -16,7 +16,7 @@ bandwidth of the Triton kernels (bytes that must move / time; training moves 5 t
 of x's size: read x, write y, read x and dy, write dx; inference 2) as a fraction of
 the device's peak and of a device-to-device copy measured in the same run, the targets
 of docs/performance.md, the dispatch rule these measurements imply (in the format of
-normlab.kernels.TRITON_RULE, to paste there), and the peak memory of BN + ReLU against
+normlab.backends.TRITON_RULE, to paste there), and the peak memory of BN + ReLU against
 in-place activated BN over the forward and backward of a small pre-activation ResNet.
 
 Parameters stay float32 for every dtype, as under autocast. Times are medians from
@@ -25,6 +25,7 @@ triton.testing.do_bench (CUDA events, L2 flushed between runs).
     python benchmarks/bench_gpu.py            # the full grid (ResNet-50 shapes at batch 32 and 256, ...)
     python benchmarks/bench_gpu.py --quick    # a few cases, about a minute
     python benchmarks/bench_gpu.py --no-compile   # skip torch.compile (compiling every case takes minutes)
+    python benchmarks/bench_gpu.py --quick --time-limit 120   # stop starting new cases after 120 s
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from typing import NamedTuple
 
 import torch
@@ -49,7 +51,7 @@ NO_GPU = (
 
 class Case(NamedTuple):
     shape: tuple[int, ...]
-    layout: str  # "channels_first" or "channels_last", as normlab.kernels.layout names them
+    layout: str  # "channels_first" or "channels_last", as normlab.backends.layout names them
 
 
 def cases(quick: bool) -> list[Case]:
@@ -234,7 +236,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few cases, fp16 and fp32")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                        help="start no new case after this many seconds; report what was measured")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory comparison")
     args = parser.parse_args(argv)
+    started = time.monotonic()
     if not torch.cuda.is_available():
         print(NO_GPU, file=sys.stderr)
         return 2
@@ -257,7 +263,11 @@ def main(argv=None) -> int:
     bandwidth_large = []
     dtypes = {k: v for k, v in DTYPES.items() if not args.quick or k != "bf16"}
 
-    for case in cases(args.quick):
+    grid = cases(args.quick)
+    for done, case in enumerate(grid):
+        if args.time_limit is not None and time.monotonic() - started > args.time_limit:
+            print(f"time limit: stopped after {time.monotonic() - started:.0f} s, {done} of {len(grid)} cases measured")
+            break
         for dname, dtype in dtypes.items():
             for mode in ("train", "eval"):
                 t = measure(case, dtype, mode == "train", device, not args.no_compile)
@@ -280,6 +290,9 @@ def main(argv=None) -> int:
                       f"{s['native']:>10.2f}{s['compile']:>11.2f}{bw / 1e9:>7.0f}{bw / peak:>6.0%}{bw / copy:>6.0%}"
                       f"{s['bn+relu']:>8.2f}{s['abn']:>6.2f}{s['abn/fb']:>7.2f}", flush=True)
     print("-" * len(header))
+    if not speedups["train"]:
+        print("no case measured", file=sys.stderr)
+        return 1
     for mode in ("train", "eval"):
         g = {k: geomean(v) for k, v in speedups[mode].items()}
         print(f"geomean {mode}: " + ", ".join(f"{k} {v:.2f}" for k, v in g.items()))
@@ -296,6 +309,8 @@ def main(argv=None) -> int:
     print("\ndispatch rule these training measurements imply (paste into normlab/kernels/__init__.py):")
     print(format_rule(derive_rule(rule_data)))
 
+    if args.no_memory:
+        return 0
     batch, size = (32, 32) if args.quick else (64, 64)
     print(f"\nmemory: small pre-activation ResNet (widths 64-128-256, 2 blocks each), batch {batch}, "
           f"{size}x{size}, fp32, forward + backward")

@@ -9,7 +9,7 @@ of it runs under the Triton interpreter on CPU tensors.
 import pytest
 import torch
 
-from triton_cases import DEVICE, skip_unless_kernels_run
+from triton_cases import DEVICE, skip_unless_kernels_run, split
 
 skip_unless_kernels_run()
 
@@ -17,6 +17,8 @@ import normlab  # noqa: E402
 from conftest import assert_rel  # noqa: E402
 from normlab import backends  # noqa: E402
 from normlab.kernels import triton_bn, triton_ops  # noqa: E402
+
+pytestmark = pytest.mark.gpu  # on the GPU where there is one (pytest -m gpu tests/gpu tests/kernels)
 
 f64 = dict(dtype=torch.float64, device=DEVICE)
 OPS = torch.ops.normlab
@@ -117,12 +119,13 @@ def test_autocast_gives_what_torch_batch_norm_gives():
     assert_rel(ours.running_mean, theirs.running_mean, 1e-5, "running_mean")
 
 
-@pytest.mark.parametrize("split", [False, True], ids=["on_chip", "split"])
+@pytest.mark.parametrize("path", ["on_chip", "split"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["NCHW", "channels_last"])
 @pytest.mark.parametrize("momentum", [0.1, None])
-def test_batchnorm2d_on_the_triton_backend_is_torchs(monkeypatch, channels_last, momentum, split):
-    if split:
-        monkeypatch.setattr(triton_bn, "plan", lambda M, C, contiguous, programs: triton_bn.Plan(16, 2, 32))
+def test_batchnorm2d_on_the_triton_backend_is_torchs(monkeypatch, channels_last, momentum, path):
+    if path == "split":
+        real = triton_bn.plan
+        monkeypatch.setattr(triton_bn, "plan", lambda t, **_: real(t, **split(t)))
     gen = torch.Generator().manual_seed(0)
     ours = normlab.BatchNorm2d(3, momentum=momentum).to(DEVICE)
     theirs = torch.nn.BatchNorm2d(3, momentum=momentum).to(DEVICE)
@@ -153,7 +156,8 @@ def test_batchnormact_runs_the_kernels_when_triton_is_chosen(monkeypatch, op, la
     monkeypatch.setattr(triton_ops, "batch_norm_act", lambda *a: calls.append(a[-1]) or real(*a))
     bn = normlab.BatchNormAct(3, **layer).to(DEVICE)
     x = torch.randn(4, 3, 2, 2, device=DEVICE)
-    assert backends.choose(op, x) != "triton"  # never automatically
+    # automatically: never on a CPU tensor; on a GPU, where the dispatch rule says so
+    assert (backends.choose(op, x) == "triton") == (x.is_cuda and backends.triton_is_faster(op, x))
     with normlab.use_backend("triton"):
         assert backends.choose(op, x) == "triton"
         y = bn(x)
@@ -161,3 +165,60 @@ def test_batchnormact_runs_the_kernels_when_triton_is_chosen(monkeypatch, op, la
     with normlab.use_backend("normlab"):
         expected = bn(x)
     assert_rel(y, expected, 1e-5, "same layer on the torch-ops path")
+
+
+# --- the eager path ----------------------------------------------------------------------
+
+
+def test_eager_steps_run_the_function_on_the_buffers_themselves(monkeypatch):
+    """Eager mode: no custom op, the kernel writes the running statistics in place (no new tensors, no copy)."""
+    monkeypatch.setattr(triton_ops, "_forward", lambda *a: pytest.fail("the custom op ran in eager mode"))
+    seen = []
+    real = triton_bn.forward
+    monkeypatch.setattr(triton_bn, "forward", lambda *a, **k: seen.append((a[4], a[5], k, len(a))) or real(*a, **k))
+    x, w, b = leaves((4, 3, 5), (3,), (3,))
+    rm, rv = torch.zeros(3, **f64), torch.ones(3, **f64)
+    y = triton_ops.batch_norm_act(x, w, b, None, rm, rv, True, 0.1, 1e-5, "relu", 0.0, False)
+    (running_mean, running_var, options, positional), = seen
+    assert running_mean is rm and running_var is rv and positional == 11 and "new_running" not in options
+    assert y.grad_fn is not None and type(y.grad_fn).__name__ == "BatchNormActBackward"
+    var = x.detach().var((0, 2))
+    assert_rel(rv, 0.9 + 0.1 * var, 1e-10, "running_var updated in place")
+    with torch.no_grad():  # nothing to differentiate: the forward kernel alone
+        assert triton_ops.batch_norm_act(x, w, b, None, rm, rv, True, 0.1, 1e-5, "relu", 0.0, False).grad_fn is None
+
+
+@pytest.mark.parametrize("path", ["on_chip", "split", "compiled"])
+def test_non_finite_updates_are_skipped_on_the_device(monkeypatch, path):
+    """A channel holding NaN keeps its running statistics; the others are updated."""
+    if path == "split":
+        real = triton_bn.plan
+        monkeypatch.setattr(triton_bn, "plan", lambda t, **_: real(t, **split(t)))
+    x = torch.randn(4, 3, 5, 5, **f64)
+    x[1, 2, 3, 1] = float("nan")
+    rm, rv = torch.full((3,), 0.5, **f64), torch.full((3,), 2.0, **f64)
+
+    def step(x, rm, rv):
+        return triton_ops.batch_norm_act(x, None, None, None, rm, rv, True, 0.1, 1e-5, "identity", 0.0, False, True)
+
+    if path == "compiled":
+        torch._dynamo.reset()
+        step = torch.compile(step, backend="aot_eager", fullgraph=True)
+    y = step(x, rm, rv)
+    assert torch.isnan(y[:, 2]).all() and torch.isfinite(y[:, :2]).all()
+    assert rm[2] == 0.5 and rv[2] == 2.0  # left as they were
+    assert_rel(rm[:2], 0.45 + 0.1 * x[:, :2].mean((0, 2, 3)), 1e-10, "running_mean of the finite channels")
+    nan_propagates = x.clone()
+    rm2, rv2 = rm.clone(), rv.clone()
+    triton_ops.batch_norm_act(nan_propagates, None, None, None, rm2, rv2, True, 0.1, 1e-5, "identity", 0.0, False)
+    assert torch.isnan(rm2[2]) and torch.isnan(rv2[2])  # without the flag, as torch does
+
+
+def test_plans_are_cached_per_shape_strides_and_dtype():
+    x = torch.randn(4, 3, 5, 5)
+    first = triton_bn.plan(x)
+    assert triton_bn.plan(torch.randn(4, 3, 5, 5)) is first  # same shape, strides, dtype: the same plan
+    assert triton_bn._PLANS[(x.shape, x.stride(), x.dtype, x.device)] is first
+    assert triton_bn.plan(x.to(memory_format=torch.channels_last)) != first
+    assert triton_bn.plan(x.half()) is not first
+    assert triton_bn.plan(x, on_chip=False) != first  # forcing a choice plans anew
