@@ -159,7 +159,10 @@ def markdown(doc: dict, images: dict[str, bytes]) -> str:
     for c in doc["claims"]:
         out += ["", f"## {c['name']}", "", f"*{c['source']}*: {c['statement']}", ""]
         out += [f"- **Measured**: {c['measured']}", f"- **Criterion**: {c['criterion']}"]
-        out += [f"- **Verdict** ({_seeds(c)}): **{c['verdict']}**"] + [f"  - {x}" for x in part_lines(c)] + [""]
+        if c["verdict"] == SKIPPED:
+            out += [f"- **Verdict**: **{SKIPPED}**: {c['explanation']}", ""]
+        else:
+            out += [f"- **Verdict** ({_seeds(c)}): **{c['verdict']}**"] + [f"  - {x}" for x in part_lines(c)] + [""]
         out += [f"- {x}" for x in [*_findings(c), *figure_lines(c["figures"])]]
         if c["name"] in images:
             out += ["", f"![{c['name']}](plots/{c['name']}.png)"]
