@@ -16,7 +16,7 @@ BN_MLP = RunConfig(ModelSpec("mlp", 3, 100, "sigmoid", "bn"), steps=30, eval_eve
 
 
 def strip(result):
-    return {k: v for k, v in result.items() if k != "seconds"}
+    return {k: v for k, v in result.items() if k not in ("seconds", "group_size")}
 
 
 def test_deterministic_given_the_seed(mnist1d):
@@ -45,9 +45,16 @@ def test_history(mnist1d):
 
 def test_training_loss_is_the_mean_since_the_last_log(mnist1d, monkeypatch):
     seen = []
-    real = train.loss
-    monkeypatch.setattr(train, "loss", lambda *a: seen.append(real(*a).item()) or real(*a))
+    real = train._Group.objectives
+
+    def recording(self, outputs, y):
+        out = real(self, outputs, y)
+        seen.append(out.item())  # a group of one: its objective this step
+        return out
+
+    monkeypatch.setattr(train._Group, "objectives", recording)
     r = train.train(RunConfig(ModelSpec("mlp", 1, 8), steps=6, eval_every=3), mnist1d)
+    assert len(seen) == 6
     assert r["train_loss"][1:] == pytest.approx([np.mean(seen[:3]), np.mean(seen[3:])])
 
 
@@ -110,11 +117,11 @@ def test_bad_configs(mnist1d):
 def test_train_subset_and_final_train_accuracy(mnist1d, monkeypatch):
     config = RunConfig(ModelSpec("mlp", 1, 16, "relu"), steps=12, eval_every=6, batch_size=10, train_subset=40)
     calls = []
-    real = train.accuracy
-    monkeypatch.setattr(train, "accuracy", lambda model, x, y: calls.append((x, y, real(model, x, y))) or calls[-1][2])
+    real = train._accuracies
+    monkeypatch.setattr(train, "_accuracies", lambda net, K, x, y: calls.append((x, y, real(net, K, x, y))) or calls[-1][2])
     r = train.train(config, mnist1d)
     # the final training accuracy: eval mode, on exactly the 40 samples trained on, after the last step
-    x, y, value = calls[-1]
+    x, y, (value,) = calls[-1]
     assert torch.equal(x, mnist1d.x_train[:40]) and torch.equal(y, mnist1d.y_train[:40])
     assert r["final_train_accuracy"] == value and 0 < value <= 1
     assert all(torch.equal(c[0], mnist1d.x_test) for c in calls[:-1])

@@ -1,13 +1,22 @@
-"""One training run of the lab: a :class:`RunConfig` in, a JSON-ready result out.
+"""The lab's training: :class:`RunConfig` in, a JSON-ready result out, many runs at once.
 
 The loop is deliberately plain: the model's loss (cross-entropy, or binary
 cross-entropy for a sigmoid head, plus the spec's L2 penalty on the hidden kernels:
 :func:`normlab.lab.models.loss`, :func:`~normlab.lab.models.penalty`), SGD (with
 optional momentum), Adam or RMSprop (:data:`OPTIMIZERS`), mini-batches drawn without
 replacement from a per-run ``torch.Generator``, weights initialized after
-``torch.manual_seed(seed)``, one thread. The same config gives the
-same numbers, bit for bit, in any process, which is what lets runs be cached by
-:meth:`RunConfig.key` and resumed.
+``torch.manual_seed(seed)``, one thread. The same config gives the same numbers, bit
+for bit, in any process on the same machine and software, which is what lets runs be
+cached by :meth:`RunConfig.key` and resumed.
+
+Runs that differ only in their seed and ``init_scale`` (the same :func:`group_key`)
+train together as one stacked model (:mod:`normlab.lab.stacked`, :func:`train_group`):
+each *member* keeps its own initialization, mini-batch order, random stream for
+dropout and noise, normalization statistics, optimizer state and divergence, and its
+result does not depend on which group it trained in, or how large (bit for bit; the
+tests check it). :func:`train` is a group of one. :func:`train_separately` is the same
+training written plainly, one ``nn.Module`` at a time: the oracle the stacked runner
+is tested against (equal up to rounding) and the baseline of its benchmark.
 
 Every ``eval_every`` steps (and at step 0 and at the end) it logs the mean training
 loss since the last log, the test accuracy, and the output of each requested probe
@@ -17,8 +26,9 @@ first ``train_subset`` of the training split, or all), in eval mode like the tes
 accuracy, for the train/test gap.
 
 Measurements that need more, a training batch, the loss, the optimizer, the data
-(:data:`normlab.lab.measures.MEASURES`), run at those logs or once after the last step;
-whatever they do to the model, the optimizer or the RNG is undone before training goes on.
+(:data:`normlab.lab.measures.MEASURES`), run at those logs or once after the last step,
+on the member copied into a plain model and optimizer with the run's random stream;
+whatever they do is undone before training goes on.
 
 ``trainable`` restricts what the optimizer moves: ``"norm"`` trains only the
 parameters outside the linear and convolution layers (the normalizations' scales and
@@ -26,9 +36,10 @@ shifts), ``"random"`` as many weights chosen at random, two per output unit of e
 hidden linear or convolution layer (Frankle et al.'s baseline); the rest keeps its
 initial values.
 
-A loss that becomes NaN or infinite, or a normalization layer that refuses non-finite
-statistics (``FloatingPointError``), ends the run as *diverged*: recorded with its step
-and reason, the test accuracy of what is left of the model, never an exception.
+A loss that becomes NaN or infinite, or a batch norm whose running statistics would
+become non-finite (normlab's layers refuse them with ``FloatingPointError``), ends the
+run as *diverged*: recorded with its step and reason, judged by the test accuracy of
+what is left of the model, never an exception; the rest of its group trains on.
 """
 
 from __future__ import annotations
@@ -37,20 +48,24 @@ import contextlib
 import copy
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ..tools._common import label
 from . import data as datasets
+from . import stacked
 from .measures import MEASURES, TrainingStep
 from .models import ACTIVATIONS, WEIGHTED, ModelSpec, as_dict, build, loss, penalty, predict
 
-__all__ = ["RunConfig", "train", "PROBES", "probe", "RESULT_VERSION", "TRAINABLE"]
+__all__ = ["RunConfig", "train", "train_group", "train_separately", "group_key", "PROBES", "probe", "RESULT_VERSION", "TRAINABLE"]
 
 # Bump when a change to the loop changes results: cached runs of older versions are redone.
-RESULT_VERSION = 2
+RESULT_VERSION = 3
 
 OPTIMIZERS = {
     "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum),
@@ -202,10 +217,12 @@ def _undone(model: nn.Module, optimizer: torch.optim.Optimizer):
         torch.set_rng_state(rng)
 
 
-def _trainable(model: nn.Module, which: str, seed: int) -> list[nn.Parameter]:
-    """The parameters the optimizer moves (see the module's docstring); the others stop requiring gradients."""
+def _trainable(model: nn.Module, which: str, seed: int) -> tuple[list[nn.Parameter], dict[int, torch.Tensor]]:
+    """The parameters the optimizer moves (see the module's docstring), and the gradient mask
+    of each that is only partly trained (by ``id``); the others stop requiring gradients."""
+    masks: dict[int, torch.Tensor] = {}
     if which == "all":
-        return list(model.parameters())
+        return list(model.parameters()), masks
     weighted = [m for m in model.modules() if isinstance(m, WEIGHTED)]
     in_weighted = {id(p) for m in weighted for p in m.parameters()}
     if which == "norm":
@@ -220,12 +237,19 @@ def _trainable(model: nn.Module, which: str, seed: int) -> list[nn.Parameter]:
             mask = torch.zeros_like(rows)
             for row in mask:
                 row[torch.randperm(row.numel(), generator=generator)[:2]] = 1
-            m.weight.register_hook(lambda g, mask=mask.view_as(m.weight): g * mask)
+            masks[id(m.weight)] = mask.view_as(m.weight)
             chosen.append(m.weight)
+    _restrict(model, chosen, masks)
+    return chosen, masks
+
+
+def _restrict(model: nn.Module, chosen: list[nn.Parameter], masks: dict[int, torch.Tensor]) -> None:
+    """Only ``chosen`` require gradients; a masked one's gradient is multiplied by its mask."""
     ids = {id(p) for p in chosen}
     for p in model.parameters():
         p.requires_grad_(id(p) in ids)
-    return chosen
+        if id(p) in masks:
+            p.register_hook(lambda g, mask=masks[id(p)]: g * mask)
 
 
 # --- the loop -----------------------------------------------------------------------------
@@ -255,6 +279,25 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 10
     return correct / len(x)
 
 
+EVAL_BATCH = 125  # samples per forward pass when evaluating a group: a constant, so that no member's numbers depend on K
+
+
+def _accuracies(net: nn.Module, K: int, x: torch.Tensor, y: torch.Tensor, batch: int = EVAL_BATCH) -> list[float]:
+    """:func:`accuracy` of each member of the stacked ``net`` on the same samples."""
+    was_training = net.training
+    net.eval()
+    correct = torch.zeros(K, dtype=torch.long)
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            chunk = x[i : i + batch]
+            out = net(chunk.transpose(0, 1).unsqueeze(0).expand(K, *chunk.transpose(0, 1).shape))  # (K, classes, M)
+            predicted = (out[:, 0] > 0).long() if out.shape[1] == 1 else out.argmax(1)  # models.predict, per member
+            ok = (predicted == y[i : i + batch]) & torch.isfinite(out).all(1)
+            correct += ok.sum(1)
+    net.train(was_training)
+    return [c / len(x) for c in correct.tolist()]
+
+
 def _batches(n: int, size: int, generator: torch.Generator):
     """Indices of mini-batches, epoch after epoch, each epoch a fresh permutation (last partial batch dropped)."""
     while True:
@@ -263,19 +306,55 @@ def _batches(n: int, size: int, generator: torch.Generator):
             yield order[i : i + size]
 
 
+def group_key(config: RunConfig) -> str:
+    """What the runs of one group share: everything but the seed and the initial weights' scale."""
+    return config.but(seed=0, model_init_scale=1.0).key()
+
+
 def train(config: RunConfig, dataset: datasets.Dataset | None = None) -> dict:
     """Train as ``config`` says and return the logged history (a dict of plain numbers and lists)."""
-    ds = dataset if dataset is not None else datasets.load(config.data)
+    return train_group([config], dataset)[0]
+
+
+def train_group(configs: list[RunConfig], dataset: datasets.Dataset | None = None) -> list[dict]:
+    """Train the runs ``configs``, which share everything but their seed and ``init_scale``
+    (:func:`group_key`), as one stacked model (:mod:`normlab.lab.stacked`); return each
+    run's result, the same whatever else trains with it."""
+    configs = list(configs)
+    if not configs:
+        return []
+    first = configs[0]
+    if any(group_key(c) != group_key(first) for c in configs):
+        raise ValueError("train_group: the runs of a group may differ only in their seed and model.init_scale")
+    ds = dataset if dataset is not None else datasets.load(first.data)
+    x_train, y_train = _training_split(first, ds)
+    start = time.perf_counter()
+    with _one_thread():
+        return _Group(configs, ds, x_train, y_train).run(start)
+
+
+def _training_split(config: RunConfig, ds: datasets.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples the run trains on (the first ``train_subset``, or all); a run that cannot
+    train on ``ds`` (:meth:`RunConfig.misfit`) raises its reason."""
     reason = config.misfit(ds)
     if reason:
         raise ValueError(reason)
     n = config.train_subset or len(ds.x_train)
-    x_train, y_train = ds.x_train[:n], ds.y_train[:n]
+    return ds.x_train[:n], ds.y_train[:n]
+
+
+def train_separately(config: RunConfig, dataset: datasets.Dataset | None = None) -> dict:
+    """The same training as :func:`train`, written plainly: one run, one ``nn.Module`` from
+    :func:`~normlab.lab.models.build`, the global RNG for its dropout and noise. It gives the
+    same numbers up to rounding, not bit for bit (other kernels); it is the oracle the
+    vectorized runner is tested against, and the baseline of its benchmark."""
+    ds = dataset if dataset is not None else datasets.load(config.data)
+    x_train, y_train = _training_split(config, ds)
     start = time.perf_counter()
     with _one_thread():
         torch.manual_seed(config.seed)
         model = build(config.model, ds.sample_shape, ds.classes)
-        optimizer = OPTIMIZERS[config.optimizer](_trainable(model, config.trainable, config.seed), config)
+        optimizer = OPTIMIZERS[config.optimizer](_trainable(model, config.trainable, config.seed)[0], config)
         generator = torch.Generator().manual_seed(config.seed)
         x_probe = ds.x_test[: config.probe_size]
         log = {"step": [], "train_loss": [], "test_accuracy": [], "probes": {p: [] for p in config.probes}}
@@ -283,7 +362,6 @@ def train(config: RunConfig, dataset: datasets.Dataset | None = None) -> dict:
             log["measures"] = {m: {"step": [], "value": []} for m in config.measures}
 
         def measure(step, idx, at):
-            """Take the measurements due ``at`` ("logs" or "end"), on the model after ``step`` updates and the batch ``idx``."""
             seen = TrainingStep(step, model, optimizer, x_train[idx], y_train[idx], config, ds)
             for name in config.measures:
                 if MEASURES[name].at == at:
@@ -322,7 +400,6 @@ def train(config: RunConfig, dataset: datasets.Dataset | None = None) -> dict:
             if step % config.eval_every == 0 or step == config.steps:
                 record(step, losses)
                 losses = []
-        # a diverged run is judged by what is left of the model, not by its last log
         final = accuracy(model, ds.x_test, ds.y_test) if diverged else log["test_accuracy"][-1]
         if config.measures and not diverged:
             measure(config.steps, next(batches), "end")
@@ -335,3 +412,240 @@ def train(config: RunConfig, dataset: datasets.Dataset | None = None) -> dict:
         "diverged": diverged,
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+class _Group:
+    """The state of one group's training; :meth:`run` is the loop."""
+
+    def __init__(self, configs: list[RunConfig], ds: datasets.Dataset, x_train: torch.Tensor, y_train: torch.Tensor) -> None:
+        self.configs, self.ds, self.x_train, self.y_train = configs, ds, x_train, y_train
+        self.K = K = len(configs)
+        first = configs[0]
+        # each member as its separate run would be: weights after manual_seed(seed), then its random stream
+        self.members, self.generators, member_masks = [], [], []
+        for c in configs:
+            torch.manual_seed(c.seed)
+            m = build(c.model, ds.sample_shape, ds.classes)
+            member_masks.append(_trainable(m, c.trainable, c.seed)[1])
+            self.members.append(m)
+            g = torch.Generator()
+            g.set_state(torch.get_rng_state())
+            self.generators.append(g)
+        self.net = stacked.stack(self.members)
+        stacked.set_generators(self.net, self.generators)
+        member_params = [list(m.parameters()) for m in self.members]
+        chosen, masks = [], {}
+        for i, p in enumerate(self.net.parameters()):
+            if member_params[0][i].requires_grad:
+                chosen.append(p)
+                if id(member_params[0][i]) in member_masks[0]:
+                    masks[id(p)] = torch.stack([member_masks[k][id(member_params[k][i])] for k in range(K)]).view_as(p)
+        _restrict(self.net, chosen, masks)
+        self.optimizer = OPTIMIZERS[first.optimizer](chosen, first)
+        self.plain_optimizers: dict[int, torch.optim.Optimizer] = {}
+        self.batches = [_batches(len(x_train), first.batch_size, torch.Generator().manual_seed(c.seed)) for c in configs]
+        # the running statistics, saved before each step: a member whose statistics turn non-finite keeps its old ones
+        self.norms = [
+            (name, [b for b in m.norm._buffers.values() if b is not None and b.dim()])
+            for name, m in self.net.named_modules()
+            if isinstance(m, (stacked.ChannelNorm, stacked.GhostNorm))
+        ]
+        self.statistics = [b for _, buffers in self.norms for b in buffers]
+        self.kernels = [m.weight for m in self.net.modules() if isinstance(m, (stacked.Linear, stacked.Conv))][:-1]
+        self.alive = [True] * K
+        self.diverged: list[dict | None] = [None] * K
+        self.final_model: dict[int, nn.Module] = {}  # of each diverged member, what was left of it
+        self.losses: list[list[float]] = [[] for _ in range(K)]
+        self.logs = []
+        for c in configs:
+            log = {"step": [], "train_loss": [], "test_accuracy": [], "probes": {p: [] for p in c.probes}}
+            if c.measures:
+                log["measures"] = {m: {"step": [], "value": []} for m in c.measures}
+            self.logs.append(log)
+
+    # --- one member as a plain model, for probes, measures and the diverged ----------------------------------
+
+    def plain(self, k: int) -> nn.Module:
+        return stacked.load_member(self.net, k, self.K, self.members[k])
+
+    def plain_optimizer(self, k: int, model: nn.Module) -> torch.optim.Optimizer:
+        """Member k's optimizer over ``model`` (its plain copy), in the state of the stacked one."""
+        if k not in self.plain_optimizers:
+            params = [p for p in model.parameters() if p.requires_grad]
+            self.plain_optimizers[k] = OPTIMIZERS[self.configs[k].optimizer](params, self.configs[k])
+        opt = self.plain_optimizers[k]
+        opt.state.clear()
+        mine = [p for g in self.optimizer.param_groups for p in g["params"]]
+        theirs = [p for g in opt.param_groups for p in g["params"]]
+        for s, p in zip(mine, theirs):
+            if s in self.optimizer.state:
+                opt.state[p] = {
+                    name: stacked.member(v, k, self.K, p).clone() if torch.is_tensor(v) and v.dim() and v.numel() == self.K * p.numel()
+                    else (v.clone() if torch.is_tensor(v) else v)
+                    for name, v in self.optimizer.state[s].items()
+                }
+        return opt
+
+    def measure(self, step: int, k: int, idx: torch.Tensor, at: str) -> None:
+        """Member k's measurements due ``at`` ("logs" or "end"), after ``step`` updates, on its batch ``idx``."""
+        c = self.configs[k]
+        due = [name for name in c.measures if MEASURES[name].at == at]
+        if not due:
+            return
+        model = self.plain(k)
+        opt = self.plain_optimizer(k, model)
+        with self.random_stream(k):
+            seen = TrainingStep(step, model, opt, self.x_train[idx], self.y_train[idx], c, self.ds)
+            for name in due:
+                with _undone(model, opt):
+                    value = MEASURES[name].fn(seen)
+                self.logs[k]["measures"][name]["step"].append(step)
+                self.logs[k]["measures"][name]["value"].append(value)
+
+    @contextlib.contextmanager
+    def random_stream(self, k: int):
+        """The global RNG at member k's stream, as a separate run's probes and measures see it; then as it was."""
+        rng = torch.get_rng_state()
+        torch.set_rng_state(self.generators[k].get_state())
+        try:
+            yield
+        finally:
+            torch.set_rng_state(rng)
+
+    def record(self, step: int) -> None:
+        test = _accuracies(self.net, self.K, self.ds.x_test, self.ds.y_test)
+        for k in self.living():
+            c, log, losses = self.configs[k], self.logs[k], self.losses[k]
+            log["step"].append(step)
+            log["train_loss"].append(sum(losses) / len(losses) if losses else None)
+            log["test_accuracy"].append(test[k])
+            if c.probes:
+                model = self.plain(k)
+                with self.random_stream(k):
+                    for name in c.probes:
+                        log["probes"][name].append(PROBES[name](model, c.model, self.ds.x_test[: c.probe_size]))
+            self.losses[k] = []
+
+    def living(self) -> list[int]:
+        return [k for k in range(self.K) if self.alive[k]]
+
+    # --- divergence ------------------------------------------------------------------------------------------
+
+    def diverge(self, k: int, step: int, loss: float) -> None:
+        """Member k diverged in the forward pass of ``step``: record why, and keep what is left of it,
+        its weights before this step (its running statistics are mended by :meth:`bury`)."""
+        reason = f"the training loss is {loss}"
+        for name, buffers in self.norms:
+            if not self.statistics_finite(k, buffers):
+                layer = label(name, dict(self.members[k].named_modules())[name])
+                reason = f"{layer}: the batch statistics are not finite; the running statistics were left as they were"
+                break
+        self.diverged[k] = {"step": step, "reason": reason}
+        self.alive[k] = False
+        self.final_model[k] = self.plain(k)
+
+    def bury(self, k: int, saved: torch.Tensor | None) -> None:
+        """After the step that left the diverged member k out of the loss: the batch norm that
+        refused non-finite statistics, and those after it (which a separate run never reached),
+        keep those from before the step (``saved``, every running statistic end to end); then
+        k's weights and optimizer state are zeroed, so that it trains nothing and stays finite."""
+        broken, offset = False, 0
+        with torch.no_grad():
+            for _, buffers in self.norms:
+                broken = broken or not self.statistics_finite(k, buffers)
+                for b in buffers:
+                    if broken:
+                        b.view(self.K, -1)[k] = saved[offset : offset + b.numel()].view(self.K, -1)[k]
+                    offset += b.numel()
+            if broken:
+                stacked.load_member(self.net, k, self.K, self.final_model[k], buffers_only=True)
+            for p in self.net.parameters():
+                p.view(self.K, -1)[k] = 0
+            for state in self.optimizer.state.values():
+                for v in state.values():
+                    if torch.is_tensor(v) and v.dim():
+                        v.view(self.K, -1)[k] = 0
+
+    def statistics_finite(self, k: int, buffers: list[torch.Tensor] | None = None) -> bool:
+        """Whether member k's running statistics (of ``buffers``, default all) are finite."""
+        return all(bool(torch.isfinite(b.view(self.K, -1)[k]).all()) for b in (self.statistics if buffers is None else buffers))
+
+    def objectives(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Each member's training objective, ``(K,)``: :func:`~normlab.lab.models.loss` of its
+        ``(classes, N)`` outputs plus :func:`~normlab.lab.models.penalty` of its kernels."""
+        K, classes, N = outputs.shape
+        if classes == 1:  # a sigmoid head: the logit of class 1, binary cross-entropy
+            # member by member: its log and exp, over K * N values at once, would round a member's
+            # values differently where they fell in the kernel's scalar tail (stacked.padded)
+            target = y.to(outputs.dtype)
+            per_sample = torch.stack([F.binary_cross_entropy_with_logits(outputs[k, 0], target[k], reduction="none") for k in range(K)])
+        else:
+            flat = outputs.transpose(1, 2).reshape(K * N, classes)
+            per_sample = F.cross_entropy(flat, y.reshape(K * N), reduction="none").view(K, N)
+        losses = per_sample.mean(1)
+        l2 = self.configs[0].model.kernel_l2
+        if l2:  # every hidden kernel, the classifier's left free (models.penalty)
+            losses = losses + l2 * sum(w.reshape(K, -1).square().sum(1) for w in self.kernels)
+        return losses
+
+    # --- the loop --------------------------------------------------------------------------------------------
+
+    def step_inputs(self) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        idx = [next(b) for b in self.batches]
+        x = self.x_train[torch.stack(idx)]  # (K, N, C, *positions)
+        return idx, x.transpose(1, 2).contiguous(), self.y_train[torch.stack(idx)]
+
+    def run(self, start: float) -> list[dict]:
+        first, K = self.configs[0], self.K
+        self.record(0)
+        self.net.train()
+        for step in range(1, first.steps + 1):
+            idx, x, y = self.step_inputs()
+            if first.measures and (step - 1) % first.eval_every == 0:
+                for k in self.living():
+                    self.measure(step - 1, k, idx[k], "logs")
+            saved = torch.cat([b.view(-1) for b in self.statistics]) if self.statistics else None
+            losses = self.objectives(self.net(x), y)
+            values = losses.tolist()
+            # a batch norm refuses non-finite running statistics even when the loss is still finite
+            broken = saved is not None and not bool(torch.isfinite(torch.cat([b.view(-1) for b in self.statistics])).all())
+            ended = [k for k in self.living() if not math.isfinite(values[k]) or (broken and not self.statistics_finite(k))]
+            for k in ended:
+                self.diverge(k, step, values[k])
+            living = self.living()
+            if not living:
+                for k in ended:
+                    self.bury(k, saved)
+                break
+            total = losses.sum() if len(living) == K else losses[living].sum()
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
+            for k in ended:
+                self.bury(k, saved)
+            for k in living:
+                self.losses[k].append(values[k])
+            if step % first.eval_every == 0 or step == first.steps:
+                self.record(step)
+        final_train = _accuracies(self.net, K, self.x_train, self.y_train)
+        results = []
+        seconds = round((time.perf_counter() - start) / K, 3)
+        for k, c in enumerate(self.configs):
+            log = self.logs[k]
+            if self.diverged[k]:  # a diverged run is judged by what is left of the model, not by its last log
+                model = self.final_model[k]
+                final, final_tr = accuracy(model, self.ds.x_test, self.ds.y_test), accuracy(model, self.x_train, self.y_train)
+            else:
+                if c.measures:
+                    self.measure(c.steps, k, next(self.batches[k]), "end")
+                final, final_tr = log["test_accuracy"][-1], final_train[k]
+            results.append({
+                **log,
+                "final_test_accuracy": final,
+                "final_train_accuracy": final_tr,
+                "classes": self.ds.classes,
+                "diverged": self.diverged[k],
+                "seconds": seconds,
+                "group_size": K,
+            })
+        return results
