@@ -30,8 +30,9 @@ class Progress:
         self.finished, self.done = 0, 0.0
         self._tenth, self._width = -1, 0
 
-    def advance(self, cost: float = 1.0) -> None:
-        self.finished += 1
+    def advance(self, cost: float = 1.0, items: int = 1) -> None:
+        """``items`` more finished (one by default), together costing ``cost``."""
+        self.finished += items
         self.done += cost
         self.show()
 

@@ -3,7 +3,7 @@
     normlab summary MODEL [--checkpoint FILE] --input-size 3 32 32
     normlab doctor MODEL [--checkpoint FILE] (--input-size 3 32 32 [--batch-size 32] | --example BATCH.pt)
     normlab fold MODEL [--checkpoint FILE] --output folded.pt
-    normlab reproduce [--claims NAME ...] [--profile quick|full|tiny] [--data mnist1d|digits|PATH] [--out DIR] [--seeds N] [--jobs N]
+    normlab reproduce [--claims NAME ...] [--profile quick|full|tiny] [--data mnist1d|digits|PATH] [--out DIR] [--seeds N] [--seed-offset N] [--jobs N]
     normlab claims
     normlab --version
 
@@ -105,6 +105,16 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
     return value
 
 
@@ -366,7 +376,8 @@ def _reproduce(args) -> int:
     if unknown:
         raise CommandError(f"unknown claim(s) {', '.join(unknown)}; the claims are: {', '.join(CLAIMS)}")
     _writable_folder(args.out, "--out")
-    profile = Profile(args.profile, args.seeds or PROFILES[args.profile].seeds, args.data)
+    rounds = (args.seeds,) if args.seeds else PROFILES[args.profile].rounds
+    profile = Profile(args.profile, rounds, args.data, args.seed_offset)
     try:
         with blame(catch=data.DataError):
             doc = reproduce(args.claims, profile, args.out, args.jobs)
@@ -432,7 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quick (default, minutes), full (more steps and seeds) or tiny (seconds, for tests)")
     p.add_argument("--data", default="mnist1d", help="'mnist1d' (generated offline, the default), 'digits' (shipped: 8x8 handwritten digits) or a folder of MNIST IDX or CIFAR python files")
     p.add_argument("--out", default="normlab-report", help="output folder; runs cached there are reused (default: normlab-report)")
-    p.add_argument("--seeds", type=_positive_int, help="seeds per configuration (default: the profile's)")
+    p.add_argument("--seeds", type=_positive_int, help="seeds per arm, in one round (default: the profile's rounds, "
+                   "seeds added until each verdict is decisive)")
+    p.add_argument("--seed-offset", type=_non_negative_int, default=0, metavar="N",
+                   help="start the seeds at N: another, disjoint set of seeds (e.g. 1000), to check that verdicts hold")
     p.add_argument("--jobs", type=_positive_int, help="worker processes (default: one per core)")
     p.set_defaults(run=_reproduce)
 

@@ -1,10 +1,11 @@
 """inference-statistics: its figures from synthetic runs, and its verdict on clear cases."""
 
 import pytest
-from test_claims import history
+from test_claims import history, verdict_of
 
 from normlab.lab.claims import CLAIMS, Run
-from normlab.lab.claims.base import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Profile
+from normlab.lab.claims.base import Profile
+from normlab.lab.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 from normlab.lab.claims.inference_statistics import MOMENTA
 
 CLAIM = CLAIMS["inference-statistics"]
@@ -13,7 +14,7 @@ CLAIM = CLAIMS["inference-statistics"]
 def runs(running, one, other=None):
     """Runs of every momentum: `running[momentum][seed]`, batches of one `one[seed]` (the same weights in every momentum)."""
     out = []
-    for config in CLAIM.runs(Profile("tiny", len(one))):
+    for config in CLAIM.runs(Profile("tiny", (len(one),))):
         s, m = config.seed, config.model.norm_momentum
         value = {"running": running[m][s], "precise": 0.7, "batch 1": one[s], "batch 8": 0.5, "batch all": 0.69}
         if other is not None and m == 0.5:
@@ -39,7 +40,7 @@ def test_figures():
 
 
 def test_verdict():
-    assert CLAIM.verdict(CLAIM.summarize(runs(GOOD, [0.10, 0.11, 0.10]))).verdict == REPRODUCED
+    assert verdict_of(CLAIM, CLAIM.summarize(runs(GOOD, [0.10, 0.11, 0.10]))).verdict == REPRODUCED
     # a batch of one that works (e.g. a model whose batch norm sees many values per channel)
-    assert CLAIM.verdict(CLAIM.summarize(runs(GOOD, [0.60, 0.62, 0.61]))).verdict == NOT_REPRODUCED
-    assert CLAIM.verdict(CLAIM.summarize(runs(GOOD, [0.05, 0.15, 0.25]))).verdict == INCONCLUSIVE  # around 1.5x chance
+    assert verdict_of(CLAIM, CLAIM.summarize(runs(GOOD, [0.60, 0.62, 0.61]))).verdict == NOT_REPRODUCED
+    assert verdict_of(CLAIM, CLAIM.summarize(runs(GOOD, [0.05, 0.15, 0.25]))).verdict == INCONCLUSIVE  # around 1.5x chance

@@ -1,10 +1,11 @@
 """noisy-bn: its figures from synthetic runs, and its verdict on clear cases."""
 
 import pytest
-from test_claims import history
+from test_claims import history, verdict_of
 
 from normlab.lab.claims import CLAIMS, Run
-from normlab.lab.claims.base import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Profile
+from normlab.lab.claims.base import Profile
+from normlab.lab.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 from normlab.lab.claims.noisy_bn import VARIANTS, landscape
 from normlab.lab.measures import ETA_MULTIPLES
 
@@ -34,7 +35,7 @@ def result(accuracy, ics=0.5, loss=(1.0, 1.2, 1.5), change=(1.0, 2.0), beta=(5.0
 def runs(results):
     """The claim's own configs (tiny profile, 3 seeds) with the given results per variant and seed."""
     out = []
-    for config in CLAIM.runs(Profile("tiny", 3)):
+    for config in CLAIM.runs(Profile("tiny", (3,))):
         label = next(k for k, v in VARIANTS.items() if v == (config.model.norm, config.model.noise))
         out.append(Run(config, results[label][config.seed]))
     return out
@@ -70,12 +71,12 @@ def test_figures_average_the_logs_after_step_0():
     assert f["ICS l2, noisy BN"]["mean"] == 0.5 and f["ICS cos, BN"]["mean"] == pytest.approx(0.8)
     assert f["drift of the last layer's input, noisy BN"]["mean"] == 1.0 and f["drift of the last layer's input, BN"]["mean"] == 0
     assert f["final test accuracy, no BN + noise"]["mean"] == pytest.approx(0.4)
-    assert CLAIM.verdict(f).verdict == REPRODUCED
+    assert verdict_of(CLAIM, f).verdict == REPRODUCED
 
 
 def test_verdict():
     def verdict(bn, noisy, plain, bn_landscape=smooth_bn, plain_landscape=rough):
-        return CLAIM.verdict(CLAIM.summarize(runs({
+        return verdict_of(CLAIM, CLAIM.summarize(runs({
             "BN": [bn_landscape(a) for a in bn],
             "noisy BN": [result(a) for a in noisy],
             "no BN": [plain_landscape(a) for a in plain],

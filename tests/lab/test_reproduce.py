@@ -14,6 +14,7 @@ from normlab._progress import Progress
 from normlab.lab import reproduce as rep
 from normlab.lab import report
 from normlab.lab.claims import CLAIMS, PROFILES
+from normlab.lab.fingerprint import fingerprint, fingerprint_id
 from normlab.lab.models import ModelSpec
 from normlab.lab.train import RunConfig
 
@@ -31,21 +32,25 @@ def without_timing(doc):
         doc.pop(key, None)
     for r in doc["runs"].values():
         r["result"].pop("seconds")
+        r["result"].pop("group_size")  # a resumed run may train in a smaller group: the same numbers
     return doc
 
 
 def test_runs_are_cached_by_config(tmp_path, monkeypatch, mnist1d):
-    first = rep.run_all(CONFIGS, tmp_path, jobs=1, progress=False)
+    first, fingerprints = rep.run_all(CONFIGS, tmp_path, jobs=1, progress=False)
     assert sorted(p.stem for p in (tmp_path / "runs").glob("*.json")) == sorted(c.key() for c in CONFIGS)
-    monkeypatch.setattr(rep, "train", lambda *a: pytest.fail("a cached run was trained again"))
-    assert rep.run_all(CONFIGS + CONFIGS[:1], tmp_path, jobs=1, progress=False) == first
+    here = fingerprint_id(fingerprint())
+    assert set(fingerprints) == {here} and all(r["fingerprint"] == here for r in first.values())
+    monkeypatch.setattr(rep, "train_group", lambda *a: pytest.fail("a cached run was trained again"))
+    assert rep.run_all(CONFIGS + CONFIGS[:1], tmp_path, jobs=1, progress=False) == (first, fingerprints)
 
 
 def test_a_damaged_cache_entry_is_trained_again(tmp_path, mnist1d):
-    first = rep.run_all(CONFIGS[:2], tmp_path, jobs=1, progress=False)
+    first, _ = rep.run_all(CONFIGS[:2], tmp_path, jobs=1, progress=False)
     (tmp_path / "runs" / f"{CONFIGS[0].key()}.json").write_text('{"config": {"trunc')
-    again = rep.run_all(CONFIGS[:2], tmp_path, jobs=1, progress=False)
-    assert {k: {**v, "seconds": 0} for k, v in again.items()} == {k: {**v, "seconds": 0} for k, v in first.items()}
+    again, _ = rep.run_all(CONFIGS[:2], tmp_path, jobs=1, progress=False)
+    # the same numbers, though the damaged run now trained alone and the other one in a group of two
+    assert {k: {**v, "seconds": 0, "group_size": 0} for k, v in again.items()} == {k: {**v, "seconds": 0, "group_size": 0} for k, v in first.items()}
 
 
 def test_progress_bar_in_a_log():
@@ -104,7 +109,7 @@ def test_cli_end_to_end(tmp_path):
         assert any(line.startswith(name) and line.endswith(("reproduced", "inconclusive")) for line in run.stdout.splitlines()), run.stdout
     assert "runs to train" in run.stderr and "2 at a time" in run.stderr
     doc = json.loads((out / "results.json").read_text())
-    assert doc["profile"] == {"name": "tiny", "seeds": 2, "data": "mnist1d"}
+    assert doc["profile"] == {"name": "tiny", "rounds": [2], "data": "mnist1d", "seed_offset": 0}
     assert doc["versions"]["torch"] and doc["versions"]["mnist1d"] and len(doc["claims"]) == len(CLAIMS)
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(CLAIMS) and "http" not in html.replace("http-equiv", "")
@@ -130,6 +135,8 @@ def test_cli_errors(tmp_path):
     assert run.returncode == 2 and "unknown claim(s) faster-flying; the claims are: faster-training," in run.stderr
     run = cli("reproduce", "--seeds", "0", "--out", str(tmp_path / "o"))
     assert run.returncode == 2 and "argument --seeds: expected a positive integer" in run.stderr
+    run = cli("reproduce", "--seed-offset", "-1", "--out", str(tmp_path / "o"))
+    assert run.returncode == 2 and "argument --seed-offset: expected a non-negative integer" in run.stderr
 
 
 # --- claims that cannot run on the data are skipped, with their reason -------------------------
@@ -140,13 +147,13 @@ def test_claims_whose_networks_do_not_fit_the_data_are_planned_out():
     from normlab.lab.claims import Profile
 
     digits = data.load("digits")  # (1, 8, 8) images, 1259 training samples
-    planned, skipped = rep.plan(list(CLAIMS.values()), Profile("quick", 3, "digits"), digits)
+    planned, skipped = rep.plan(list(CLAIMS.values()), Profile("quick", (3,), "digits"), digits)
     assert sorted(skipped) == ["recurrent", "saturating-activations"]
     assert "an rnn reads samples of shape (C, L) as L steps of C values, got (1, 8, 8)" in skipped["recurrent"]
     assert "5 blocks (4 poolings) pool samples of shape (1, 8, 8) to nothing" in skipped["saturating-activations"]
     assert set(planned) == set(CLAIMS) - set(skipped)
     assert all(c.misfit(digits) is None for runs in planned.values() for c in runs)
-    _, skipped = rep.plan(list(CLAIMS.values()), Profile("full", 5, "digits"), digits)
+    _, skipped = rep.plan(list(CLAIMS.values()), Profile("full", (5,), "digits"), digits)
     assert "train_subset 2000 exceeds the 1259 training samples" in skipped["small-batches"]
 
 
@@ -187,3 +194,64 @@ def test_a_bad_data_folder_is_one_line_naming_the_file(tmp_path):
     run = cli("reproduce", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip().count("\n") == 0 and "test_batch: labels must lie in 0..9" in run.stderr
+
+
+# --- rounds of seeds, seed offsets, fingerprints -----------------------------------------------------
+
+
+def fake_claim(name, width, values):
+    """A claim over tiny runs (one per seed) whose figure is ``values(seed)`` per run, compared with 0."""
+    from normlab.lab import plots, stats
+    from normlab.lab.claims.base import Claim
+
+    def runs(profile):
+        return [RunConfig(ModelSpec("mlp", 1, width, "relu"), steps=2, eval_every=2, seed=s) for s in profile.seeds]
+
+    return Claim(
+        name, "a test", "values are positive", "the seeds", "mean above 0",
+        runs=runs,
+        summarize=lambda rs: {"x": stats.stat([values(r.config.seed) for r in rs])},
+        parts=lambda f: [stats.compare(f["x"], 0.0, what="x", smallest=0.1)],
+        plot=lambda rs, f: plots.figure()[0],
+    )
+
+
+def test_rounds_add_seeds_until_the_verdict_is_decisive(tmp_path, monkeypatch, mnist1d):
+    from normlab.lab.claims.base import Profile
+
+    slow = fake_claim("slow", 7, lambda s: float(s % 3))  # mean 1, spread 0.8: decided only with many seeds
+    fast = fake_claim("fast", 9, lambda s: 5.0 + 0.01 * s)
+    monkeypatch.setitem(CLAIMS, "slow", slow)
+    monkeypatch.setitem(CLAIMS, "fast", fast)
+    profile = Profile("tiny", (2, 6, 12))
+    doc = rep.reproduce(["slow", "fast"], profile, tmp_path, jobs=1, progress=False)
+    by = {c["name"]: c for c in doc["claims"]}
+    assert (by["fast"]["verdict"], by["fast"]["look"], by["fast"]["seeds"]) == ("reproduced", 1, 2)
+    assert (by["slow"]["verdict"], by["slow"]["look"], by["slow"]["seeds"]) == ("reproduced", 3, 12)
+    assert by["slow"]["parts"][0]["n"] == [12, None] and by["slow"]["looks"] == 3
+    trained = {json.loads(p.read_text())["config"]["model"]["width"] for p in (tmp_path / "runs").glob("*.json")}
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 12 + 2 and trained == {7, 9}
+    # another seed set: disjoint seeds, nothing reused
+    other = rep.reproduce(["fast"], Profile("tiny", (2,), seed_offset=100), tmp_path, jobs=1, progress=False)
+    assert {r["config"]["seed"] for r in other["runs"].values()} == {100, 101}
+    assert other["profile"]["seed_offset"] == 100
+    side_by_side = report.compare([doc, other], ["seeds 0-", "seeds 100-"])
+    assert "| fast | reproduced (2 seeds) | reproduced (2 seeds) | yes |" in side_by_side
+    assert "| slow | reproduced (12 seeds) | - | **no** |" in side_by_side
+
+
+def test_a_report_says_when_runs_come_from_another_machine(tmp_path, monkeypatch, mnist1d):
+    monkeypatch.setitem(CLAIMS, "fast", fake_claim("fast", 9, lambda s: 5.0 + 0.01 * s))
+    doc = rep.reproduce(["fast"], PROFILES["tiny"], tmp_path, jobs=1, progress=False)
+    fp = doc["fingerprint"]
+    assert fp["torch_cpu_capability"] and fp["cpu"] and fp["threads"] == 1 and "mkl" in fp and "onednn" in fp
+    assert "Note." not in (tmp_path / "report.md").read_text()
+    # one cached run as if trained elsewhere: the report is rebuilt from the cache and says so
+    path = next((tmp_path / "runs").glob("*.json"))
+    stored = json.loads(path.read_text())
+    stored["fingerprint"] = {**stored["fingerprint"], "cpu": "Another CPU", "torch_cpu_capability": "AVX512"}
+    stored["result"]["fingerprint"] = fingerprint_id(stored["fingerprint"])
+    path.write_text(json.dumps(stored))
+    rep.reproduce(["fast"], PROFILES["tiny"], tmp_path, jobs=1, progress=False)
+    md = (tmp_path / "report.md").read_text()
+    assert "**Note.** 1 of 2 runs were trained on another machine or software setup" in md and "Another CPU, AVX512" in md

@@ -1,14 +1,18 @@
 """The lab's report: ``report.md`` and a self-contained ``report.html``, both from ``results.json`` alone.
 
 At the top, one row per claim: the claim, its source, what was measured, the
-criterion (as declared in code before running), the figures (mean +- std over seeds)
-and the verdict. Below, a section per claim with its statement, the verdict's
-arithmetic and its plot. A claim skipped because its networks do not fit the data says
-why, in the table and in its section, and has no plot. The HTML embeds the plots as
-base64 PNG; the Markdown links the same PNGs, written to ``plots/`` beside it. Every
-file is written atomically.
+criterion (as declared in code before running), the figures (mean +- std over seeds),
+the verdict's arithmetic (each part's effect, its interval, the seeds and the margin,
+then its label) and the verdict. Below, a section per claim with its statement, the
+verdict and its plot. A claim skipped because its networks do not fit the data says
+why, in the table and in its section, and has no plot. A report whose runs were trained
+on another machine or software setup than the rest (:mod:`normlab.lab.fingerprint`)
+says so at the top. The HTML embeds the plots as base64 PNG; the Markdown links the
+same PNGs, written to ``plots/`` beside it. Every file is written atomically.
 
-``python -m normlab.lab.report OUT/results.json`` rebuilds the report from the file.
+``python -m normlab.lab.report OUT/results.json`` rebuilds the report from the file;
+``python -m normlab.lab.report A/results.json B/results.json`` prints the verdicts of
+the two runs side by side (two seed sets, say).
 """
 
 from __future__ import annotations
@@ -20,14 +24,15 @@ import pathlib
 import sys
 
 from . import plots
-from .claims import CLAIMS, Run
-from .claims.base import SKIPPED, fmt
 from .._atomic import atomic_write
+from .claims import CLAIMS, Run
+from .claims.base import SKIPPED
+from .stats import Part, fmt
 from .train import RunConfig
 
-__all__ = ["write", "table"]
+__all__ = ["write", "table", "compare", "part_lines", "fingerprint_note"]
 
-COLUMNS = ("claim", "source", "measured", "criterion", "figures (mean ± std over seeds)", "verdict")
+COLUMNS = ("claim", "source", "measured", "criterion", "figures (mean ± std over seeds)", "the verdict's arithmetic", "verdict")
 
 
 def figure_lines(figures: dict) -> list[str]:
@@ -48,11 +53,64 @@ def _figures_cell(claim: dict) -> list[str]:
     return [claim["explanation"]] if claim["verdict"] == SKIPPED else figure_lines(claim["figures"])
 
 
+def part_lines(claim: dict) -> list[str]:
+    """Each part of a claim's verdict: effect, interval, seeds and margin, then its label."""
+    out = []
+    for p in claim.get("parts", []):
+        part = Part(**{**p, "n": tuple(p["n"]), "low": _nan(p["low"]), "high": _nan(p["high"])})
+        out.append(f"{part.text()}: {part.verdict}")
+    return out
+
+
+def _nan(x):
+    return float("nan") if x is None else x
+
+
+def _seeds(claim: dict) -> str:
+    if claim["verdict"] == SKIPPED:
+        return "not run"
+    return f"{claim['seeds']} seeds per arm, round {claim['look']} of {claim['looks']}"
+
+
 def table(doc: dict) -> str:
     """The verdict table as plain text, for the terminal; a skipped claim with its reason."""
-    rows = [(c["name"], f"{SKIPPED}: {c['explanation']}" if c["verdict"] == SKIPPED else c["verdict"]) for c in doc["claims"]]
-    width = max(len(r[0]) for r in rows) + 2
-    return "\n".join([f"{'claim':<{width}}verdict", *(f"{n:<{width}}{v}" for n, v in rows)])
+    rows = [(c["name"], c["verdict"], c["explanation"] if c["verdict"] == SKIPPED else _seeds(c)) for c in doc["claims"]]
+    width, vw = max(len(r[0]) for r in rows) + 2, max(len(r[1]) for r in rows) + 2
+    return "\n".join([f"{'claim':<{width}}{'verdict':<{vw}}seeds", *(f"{n:<{width}}{v:<{vw}}{s}" for n, v, s in rows)])
+
+
+def compare(docs: list[dict], labels: list[str]) -> str:
+    """The verdicts of several results.json side by side, as a Markdown table, and how many agree."""
+    by = [{c["name"]: c for c in d["claims"]} for d in docs]
+    names = [c["name"] for c in docs[0]["claims"]]
+    lines = ["| claim | " + " | ".join(labels) + " | same |", "|---|" + "---|" * (len(labels) + 1)]
+    same = 0
+    for name in names:
+        cells = [f"{b[name]['verdict']} ({_seeds(b[name])})" if name in b else "-" for b in by]
+        agree = len({b[name]["verdict"] if name in b else None for b in by}) == 1
+        same += agree
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {'yes' if agree else '**no**'} |")
+    return "\n".join(lines + ["", f"{same} of {len(names)} verdicts the same."])
+
+
+def fingerprint_note(doc: dict) -> str | None:
+    """What to say when some runs come from another machine or software setup than the report, else None."""
+    here = doc.get("fingerprint", {}).get("id")
+    stamped = [r["result"].get("fingerprint") for r in doc["runs"].values()]
+    others = sorted({i for i in stamped if i and i != here})
+    if not others:
+        return None
+    fps = doc.get("fingerprints", {})
+
+    def describe(i):
+        fp = fps.get(i, {})
+        return f"{i}: {fp.get('cpu', '?')}, {fp.get('torch_cpu_capability', '?')}, torch {fp.get('torch', '?')}"
+
+    count = sum(i in others for i in stamped)
+    return (
+        f"{count} of {len(stamped)} runs were trained on another machine or software setup ({'; '.join(map(describe, others))}) "
+        f"than this report's ({here}). Runs repeat bit for bit only on the same machine and software: these numbers mix setups."
+    )
 
 
 def _plots(doc: dict) -> dict[str, bytes]:
@@ -67,12 +125,18 @@ def _plots(doc: dict) -> dict[str, bytes]:
 
 
 def _about(doc: dict) -> str:
-    p, v = doc["profile"], doc["versions"]
-    libs = ", ".join(f"{k} {v[k]}" for k in ("normlab", "torch", "numpy", "mnist1d", "matplotlib") if v.get(k))
+    p, v, fp = doc["profile"], doc["versions"], doc.get("fingerprint", {})
+    libs = ", ".join(f"{k} {v[k]}" for k in ("normlab", "torch", "numpy", "scipy", "mnist1d", "matplotlib") if v.get(k))
+    offset = f", seeds from {p['seed_offset']}" if p.get("seed_offset") else ""
+    machine = f"{fp.get('cpu', '?')} ({fp.get('torch_cpu_capability', '?')}, MKL {fp.get('mkl', '?')}, oneDNN {fp.get('onednn', '?')})"
     return (
-        f"Profile {p['name']}, {p['seeds']} seeds, data {p['data']}; created {doc['created']} in "
-        f"{doc.get('seconds', '?')} s; Python {v['python']} on {v['platform']}; {libs}."
+        f"Profile {p['name']}, seeds per arm in rounds of {'/'.join(map(str, p['rounds']))}{offset}, data {p['data']}; "
+        f"created {doc['created']} in {doc.get('seconds', '?')} s; Python {v['python']} on {v['platform']}, {machine}; {libs}."
     )
+
+
+def _findings(c: dict) -> list[str]:
+    return [f"{k}: {v}" for k, v in c.get("findings", {}).items()]
 
 
 def markdown(doc: dict, images: dict[str, bytes]) -> str:
@@ -80,16 +144,19 @@ def markdown(doc: dict, images: dict[str, bytes]) -> str:
         return str(text).replace("|", "\\|").replace("\n", " ")
 
     out = ["# normlab: claims about batch normalization, tested", "", _about(doc), ""]
+    note = fingerprint_note(doc)
+    out += [f"**Note.** {note}", ""] if note else []
     out += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for c in doc["claims"]:
         figs = "<br>".join(cell(x) for x in _figures_cell(c))
-        row = [f"[{c['name']}](#{c['name']})", c["source"], c["measured"], c["criterion"], figs, f"**{c['verdict']}**"]
-        out.append("| " + " | ".join(cell(x) if i != 4 else x for i, x in enumerate(row)) + " |")
+        arithmetic = "<br>".join(cell(x) for x in [*part_lines(c), _seeds(c)])
+        row = [f"[{c['name']}](#{c['name']})", c["source"], c["measured"], c["criterion"]]
+        out.append("| " + " | ".join([*(cell(x) for x in row), figs, arithmetic, f"**{c['verdict']}**"]) + " |")
     for c in doc["claims"]:
         out += ["", f"## {c['name']}", "", f"*{c['source']}*: {c['statement']}", ""]
         out += [f"- **Measured**: {c['measured']}", f"- **Criterion**: {c['criterion']}"]
-        out += [f"- **Verdict**: **{c['verdict']}**: {c['explanation']}", ""]
-        out += [f"- {x}" for x in figure_lines(c["figures"])]
+        out += [f"- **Verdict** ({_seeds(c)}): **{c['verdict']}**"] + [f"  - {x}" for x in part_lines(c)] + [""]
+        out += [f"- {x}" for x in [*_findings(c), *figure_lines(c["figures"])]]
         if c["name"] in images:
             out += ["", f"![{c['name']}](plots/{c['name']}.png)"]
     return "\n".join(out) + "\n"
@@ -106,6 +173,7 @@ td.figures { min-width: 24em; }
 .inconclusive { background: #f6efd2; font-weight: bold; }
 .skipped { background: #eeeeee; color: #555; }
 .about { color: #666; font-size: 0.85em; }
+.note { background: #f6efd2; padding: 0.5em; }
 img { max-width: 100%; }
 section { margin-top: 2.5em; }
 """
@@ -117,11 +185,15 @@ def page(doc: dict, images: dict[str, bytes]) -> str:
     def verdict(c):
         return f'<td class="{c["verdict"].replace(" ", "-")}">{e(c["verdict"])}</td>'
 
+    def items(lines):
+        return "".join(f"<li>{e(x)}</li>" for x in lines)
+
     rows = []
     for c in doc["claims"]:
         figs = "<br>".join(e(x) for x in _figures_cell(c))
-        cells = [f'<a href="#{e(c["name"])}">{e(c["name"])}</a>', e(c["source"]), e(c["measured"]), e(c["criterion"]), figs]
-        tds = [f"<td>{x}</td>" for x in cells[:4]] + [f'<td class="figures">{cells[4]}</td>']
+        arithmetic = "<br>".join(e(x) for x in [*part_lines(c), _seeds(c)])
+        cells = [f'<a href="#{e(c["name"])}">{e(c["name"])}</a>', e(c["source"]), e(c["measured"]), e(c["criterion"])]
+        tds = [f"<td>{x}</td>" for x in cells] + [f'<td class="figures">{x}</td>' for x in (figs, arithmetic)]
         rows.append("<tr>" + "".join(tds) + verdict(c) + "</tr>")
     sections = []
     for c in doc["claims"]:
@@ -129,20 +201,21 @@ def page(doc: dict, images: dict[str, bytes]) -> str:
         if c["name"] in images:
             data = base64.b64encode(images[c["name"]]).decode()
             img = f'<img alt="{e(c["name"])}" src="data:image/png;base64,{data}">'
-        items = "".join(f"<li>{e(x)}</li>" for x in figure_lines(c["figures"]))
         sections.append(
             f'<section id="{e(c["name"])}"><h2>{e(c["name"])}</h2>'
             f'<p><em>{e(c["source"])}</em>: {e(c["statement"])}</p>'
             f'<p><b>Measured</b>: {e(c["measured"])}<br><b>Criterion</b>: {e(c["criterion"])}<br>'
-            f'<b>Verdict</b>: <span class="{c["verdict"].replace(" ", "-")}">{e(c["verdict"])}</span>: '
-            f'{e(c["explanation"])}</p><ul>{items}</ul>{img}</section>'
+            f'<b>Verdict</b> ({e(_seeds(c))}): <span class="{c["verdict"].replace(" ", "-")}">{e(c["verdict"])}</span></p>'
+            f"<ul>{items(part_lines(c))}</ul><ul>{items([*_findings(c), *figure_lines(c['figures'])])}</ul>{img}</section>"
         )
     head = "".join(f"<th>{e(h)}</th>" for h in COLUMNS)
+    note = fingerprint_note(doc)
+    note_html = f'<p class="note"><b>Note.</b> {e(note)}</p>' if note else ""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>normlab: claims about batch normalization</title><style>{CSS}</style></head><body>"
         "<h1>normlab: claims about batch normalization, tested</h1>"
-        f'<p class="about">{e(_about(doc))}</p>'
+        f'<p class="about">{e(_about(doc))}</p>{note_html}'
         f"<table><tr>{head}</tr>{''.join(rows)}</table>{''.join(sections)}</body></html>\n"
     )
 
@@ -162,5 +235,9 @@ def write(results: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
 
 
 if __name__ == "__main__":
-    for path in write(sys.argv[1] if len(sys.argv) > 1 else "normlab-report/results.json"):
-        print(path)
+    paths = sys.argv[1:] or ["normlab-report/results.json"]
+    if len(paths) == 1:
+        for path in write(paths[0]):
+            print(path)
+    else:
+        print(compare([json.loads(pathlib.Path(p).read_text()) for p in paths], paths))

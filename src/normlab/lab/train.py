@@ -409,6 +409,7 @@ def train_separately(config: RunConfig, dataset: datasets.Dataset | None = None)
         "final_test_accuracy": final,
         "final_train_accuracy": final_train,
         "classes": ds.classes,
+        "test_samples": len(ds.x_test),
         "diverged": diverged,
         "seconds": round(time.perf_counter() - start, 3),
     }
@@ -644,6 +645,7 @@ class _Group:
                 "final_test_accuracy": final,
                 "final_train_accuracy": final_tr,
                 "classes": self.ds.classes,
+                "test_samples": len(self.ds.x_test),
                 "diverged": self.diverged[k],
                 "seconds": seconds,
                 "group_size": K,

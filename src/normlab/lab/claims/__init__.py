@@ -1,7 +1,8 @@
 """The claims the lab tests, one module each, listed in :data:`CLAIMS` in report order.
 
 A claim declares its source, what it measures and its criterion before anything runs,
-and turns the runs' numbers into figures and a verdict (see :mod:`.base`). Adding a
+and turns the runs' numbers into figures and the comparisons its verdict comes from
+(see :mod:`.base`, and :mod:`normlab.lab.stats` for the rule). Adding a
 claim: write a module with a ``CLAIM = Claim(...)`` and add it to the list below.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 from . import faster_training, higher_learning_rates, saturating_activations, stable_distributions
 from . import ghost_batches, init_robustness, placement, regularization, small_batches
 from . import bn_only_training, inference_statistics, noisy_bn, recurrent
-from .base import PROFILES, Claim, Profile, Run, Verdict
+from .base import PROFILES, Claim, Profile, Run
 
 CLAIMS: dict[str, Claim] = {
     c.name: c
@@ -31,4 +32,4 @@ CLAIMS: dict[str, Claim] = {
     ]
 }
 
-__all__ = ["CLAIMS", "Claim", "Profile", "PROFILES", "Run", "Verdict"]
+__all__ = ["CLAIMS", "Claim", "Profile", "PROFILES", "Run"]

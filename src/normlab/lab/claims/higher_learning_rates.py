@@ -14,20 +14,29 @@ accuracy is at least twice chance and it did not diverge (NaN/inf). Two parts:
    network at its fastest rate: steps to reach 95% of the plain network's best final
    accuracy (its best learning rate, mean over seeds). A run that never gets there
    counts at the step budget.
+
+Smallest effects of interest: a decade, two steps of the grid (1), and a tenth of the
+step budget (2). Both measures are quantized, by the grid and by the logging interval:
+those are their resolutions, and a grid cannot show an effect smaller than about one
+step (:mod:`normlab.lab.stats`), hence two.
 """
 
 from __future__ import annotations
 
 import math
 
+from .. import stats
 from ..models import ModelSpec
 from ..train import RunConfig
 from . import base
 from .base import Claim, Profile, Run
 
 RATES = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+GRID = 0.5  # decades between two rates of the sweep
+SMALLEST_DECADES = 1.0  # learning rate gained with BN: a factor of 10, two steps of the grid
 TRAINS = 2.0  # a run trains when its final test accuracy is at least TRAINS x chance
 TARGET_FRACTION = 0.95
+SMALLEST_STEPS = 0.1  # steps saved, as a fraction of the step budget
 
 
 def runs(profile: Profile) -> list[RunConfig]:
@@ -44,7 +53,7 @@ def runs(profile: Profile) -> list[RunConfig]:
         )
         for norm in ("none", "bn")
         for lr in RATES
-        for seed in range(profile.seeds)
+        for seed in profile.seeds
     ]
 
 
@@ -62,10 +71,10 @@ def summarize(runs: list[Run]) -> dict:
         ok = [r.config.lr for r in by[norm, seed] if _trains(r, chance)]
         return math.log10(max(ok)) if ok else below
 
-    largest_lr = {n: base.stat([largest(n, s) for s in seeds]) for n in ("none", "bn")}
+    largest_lr = {n: stats.stat([largest(n, s) for s in seeds], GRID) for n in ("none", "bn")}
     diverged = {n: sorted({r.config.lr for s in seeds for r in by[n, s] if r.result["diverged"]}) for n in ("none", "bn")}
     final = {
-        (n, lr): base.stat([r.result["final_test_accuracy"] for s in seeds for r in by[n, s] if r.config.lr == lr])
+        (n, lr): stats.stat([r.result["final_test_accuracy"] for s in seeds for r in by[n, s] if r.config.lr == lr], base.resolution(runs))
         for n in ("none", "bn")
         for lr in RATES
     }
@@ -76,33 +85,39 @@ def summarize(runs: list[Run]) -> dict:
         plain_fastest.append(min(base.steps_to(r, target, never=r.config.steps) for r in by["none", s]))
         high = [r for r in by["bn", s] if math.log10(r.config.lr) > largest_lr["none"]["values"][seeds.index(s)]]
         bn_high.append(min((base.steps_to(r, target, never=r.config.steps) for r in high), default=by["bn", s][0].config.steps))
+    every = runs[0].config.eval_every
     return {
+        "step budget": runs[0].config.steps,
         "a run trains at test accuracy": TRAINS * chance,
         "largest learning rate that trains (log10), BN": largest_lr["bn"],
         "largest learning rate that trains (log10), no BN": largest_lr["none"],
         "learning rates that diverged, BN": diverged["bn"],
         "learning rates that diverged, no BN": diverged["none"],
         "target test accuracy": target,
-        "steps to target, BN above the no-BN network's largest rate": base.stat(bn_high),
-        "steps to target, no BN at its fastest rate": base.stat(plain_fastest),
+        "steps to target, BN above the no-BN network's largest rate": stats.stat(bn_high, every),
+        "steps to target, no BN at its fastest rate": stats.stat(plain_fastest, every),
         "final test accuracy by learning rate, BN": {str(lr): final["bn", lr] for lr in RATES},
         "final test accuracy by learning rate, no BN": {str(lr): final["none", lr] for lr in RATES},
     }
 
 
-def verdict(figures: dict):
-    return base.combine(
-        base.compare(
+def parts(figures: dict):
+    return [
+        stats.compare(
             figures["largest learning rate that trains (log10), BN"],
             figures["largest learning rate that trains (log10), no BN"],
             what="decades of learning rate gained with BN",
+            smallest=SMALLEST_DECADES,
+            unit="decades",
         ),
-        base.compare(
+        stats.compare(
             figures["steps to target, no BN at its fastest rate"],
             figures["steps to target, BN above the no-BN network's largest rate"],
             what="steps saved by BN at a higher rate",
+            smallest=SMALLEST_STEPS * figures["step budget"],
+            unit="steps",
         ),
-    )
+    ]
 
 
 def plot(runs: list[Run], figures: dict):
@@ -137,11 +152,11 @@ CLAIM = Claim(
         "accuracy for BN above that rate vs. no BN at its fastest rate"
     ),
     criterion=(
-        "both: BN's largest trainable rate is higher, and BN at a higher rate reaches the target in fewer "
-        "steps, each by more than 2 standard errors over seeds"
+        f"both: BN's largest trainable rate is higher (smallest effect of interest: {SMALLEST_DECADES:g} decade), and "
+        f"BN at a higher rate reaches the target in fewer steps ({SMALLEST_STEPS:.0%} of the step budget)"
     ),
     runs=runs,
     summarize=summarize,
-    verdict=verdict,
+    parts=parts,
     plot=plot,
 )

@@ -9,29 +9,29 @@ than the layer's input.
 The claim tested is the seed's report of Chollet's advice: *after* is better. Here: the
 3x100 MLP on MNIST-1D with BN before (``Linear -> BN -> act``) and after
 (``Linear -> act -> BN``, the linear map keeping its bias) the activation, for ReLU and
-for sigmoid; Adam (learning rate 1e-3, the Keras default), batch 60. A difference of
-test accuracy below one percentage point is not a meaningful one (:data:`MEANINGFUL`).
+for sigmoid; Adam (learning rate 1e-3, the Keras default), batch 60. The smallest
+difference of test accuracy of interest is one percentage point (:data:`MEANINGFUL`).
 
-For each activation, ``d`` = test accuracy after - before, judged by
-``compare(after, before, min_effect=MEANINGFUL)``; the words of the finding:
+For each activation, ``d`` = test accuracy after - before, with its interval ``[low,
+high]`` (:mod:`normlab.lab.stats`); the words of the finding (:func:`finding`):
 
-* *after is better*: ``d - 2 se > 1 pp`` (the claim holds: reproduced);
-* *before is better*: ``-d - 2 se > 1 pp``;
-* *no meaningful difference*: ``|d| + 2 se <= 1 pp``: whichever is better, by less than 1 pp;
-* *after is not better* / *unclear*: the rest, where the seeds' noise covers 1 pp on one
-  side or on both.
+* *after is better*: the part is reproduced (``low > 0``, ``high >= 1 pp``);
+* *before is better*: the mirror image (``high < 0``, ``low <= -1 pp``);
+* *no meaningful difference*: ``-1 pp < low`` and ``high < 1 pp``;
+* *after is not better*: ``high < 1 pp`` otherwise;
+* *unclear*: the rest, where the interval reaches beyond 1 pp on the after side and the verdict needs more seeds.
 
-The claim is reproduced for both activations, or not: after must be meaningfully better
-for each (``base.combine``); "before is better" and "no meaningful difference" are both
-"not reproduced", and the finding says which.
+The claim is reproduced when after is better for both activations; "before is better"
+and "no meaningful difference" are both "not reproduced", and the finding says which.
 """
 
 from __future__ import annotations
 
+from .. import stats
 from ..models import ModelSpec
 from ..train import RunConfig
 from . import base
-from .base import NOT_REPRODUCED, REPRODUCED, Claim, Profile, Run
+from .base import Claim, Profile, Run
 
 MEANINGFUL = 0.01  # one percentage point of test accuracy
 ACTIVATIONS = {"relu": "ReLU", "sigmoid": "sigmoid"}
@@ -52,48 +52,47 @@ def runs(profile: Profile) -> list[RunConfig]:
         )
         for act in ACTIVATIONS
         for placement in ("before", "after")
-        for seed in range(profile.seeds)
+        for seed in profile.seeds
     ]
 
 
-def _compare(after, before, act_label):
-    return base.compare(after, before, min_effect=MEANINGFUL, what=f"{act_label}: test accuracy after - before")
-
-
-def finding(after: list[float], before: list[float]) -> str:
-    """The finding's words for one activation (see the module docstring)."""
-    after_better = _compare(after, before, "").verdict
-    before_better = _compare(before, after, "").verdict
-    if after_better == REPRODUCED:
+def finding(part: stats.Part) -> str:
+    """The finding's words for one activation's decided part (see the module docstring)."""
+    low, high, m = part.low, part.high, MEANINGFUL
+    if part.verdict == stats.REPRODUCED:
         return "after is better"
-    if before_better == REPRODUCED:
+    if high < 0 and low <= -m:
         return "before is better"
-    if after_better == NOT_REPRODUCED and before_better == NOT_REPRODUCED:
+    if high < m and low > -m:
         return "no meaningful difference"
-    return "after is not better" if after_better == NOT_REPRODUCED else "unclear"
+    return "after is not better" if high < m else "unclear"
+
+
+def findings(verdict: stats.Verdict) -> dict:
+    return {f"finding, {label}": finding(part) for label, part in zip(ACTIVATIONS.values(), verdict.parts)}
 
 
 def summarize(runs: list[Run]) -> dict:
     by = base.group(runs, lambda c: (c.model.activation, c.model.placement))
+    q = base.resolution(runs)
     figures = {"meaningful difference (test accuracy)": MEANINGFUL}
     for act, label in ACTIVATIONS.items():
         acc = {p: [r.result["final_test_accuracy"] for r in by[act, p]] for p in ("before", "after")}
-        figures[f"test accuracy, {label}, BN before"] = base.stat(acc["before"])
-        figures[f"test accuracy, {label}, BN after"] = base.stat(acc["after"])
-        figures[f"finding, {label}"] = finding(acc["after"], acc["before"])
+        figures[f"test accuracy, {label}, BN before"] = stats.stat(acc["before"], q)
+        figures[f"test accuracy, {label}, BN after"] = stats.stat(acc["after"], q)
     return figures
 
 
-def verdict(figures: dict):
-    parts = []
-    for label in ACTIVATIONS.values():
-        v = _compare(
+def parts(figures: dict):
+    return [
+        stats.compare(
             figures[f"test accuracy, {label}, BN after"],
             figures[f"test accuracy, {label}, BN before"],
-            label,
+            what=f"{label}: test accuracy after - before",
+            smallest=MEANINGFUL,
         )
-        parts.append(base.Verdict(v.verdict, f"{v.explanation}: {figures[f'finding, {label}']}"))
-    return base.combine(*parts)
+        for label in ACTIVATIONS.values()
+    ]
 
 
 def plot(runs: list[Run], figures: dict):
@@ -105,7 +104,7 @@ def plot(runs: list[Run], figures: dict):
         for placement, style in (("before", "-"), ("after", "--")):
             rs = by[act, placement]
             plots.band(ax, rs[0].result["step"], [r.result["test_accuracy"] for r in rs], f"BN {placement}", linestyle=style)
-        ax.set(title=f"{label}: {figures[f'finding, {label}']}", xlabel="training step", ylabel="test accuracy")
+        ax.set(title=label, xlabel="training step", ylabel="test accuracy")
         ax.legend(loc="lower right")
     return fig
 
@@ -122,12 +121,12 @@ CLAIM = Claim(
         "for sigmoid"
     ),
     criterion=(
-        f"for each activation, BN after beats BN before by more than {MEANINGFUL * 100:g} percentage point of test "
-        "accuracy (the smallest difference we call meaningful) beyond 2 standard errors over seeds; "
-        "'no meaningful difference' when |after - before| plus 2 standard errors is at most 1 point"
+        f"for each activation, BN after beats BN before; smallest effect of interest: {MEANINGFUL * 100:g} percentage "
+        "point of test accuracy (the smallest difference we call meaningful)"
     ),
     runs=runs,
     summarize=summarize,
-    verdict=verdict,
+    parts=parts,
     plot=plot,
+    findings=findings,
 )

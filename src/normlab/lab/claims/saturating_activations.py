@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+from .. import stats
 from ..models import ModelSpec
 from ..train import RunConfig
 from . import base
@@ -25,6 +26,7 @@ from .base import Claim, Profile, Run
 
 NEAR_CHANCE = 0.9  # "stays near chance": final training loss above 0.9 ln(classes)
 TRAINS = 0.75  # "trains": final training loss below 0.75 ln(classes), a quarter of the way to a perfect fit
+SMALLEST = 0.05  # beyond each threshold, as a fraction of the chance-level loss
 COMBINATIONS = [("sigmoid", "none"), ("sigmoid", "bn"), ("relu", "none"), ("relu", "bn")]
 
 
@@ -41,7 +43,7 @@ def runs(profile: Profile) -> list[RunConfig]:
             seed=seed,
         )
         for act, norm in COMBINATIONS
-        for seed in range(profile.seeds)
+        for seed in profile.seeds
     ]
 
 
@@ -60,26 +62,28 @@ def summarize(runs: list[Run]) -> dict:
     chance = math.log(runs[0].result["classes"])
     figures = {"chance-level loss ln(classes)": chance}
     for key in COMBINATIONS:
-        figures[f"final training loss, {_label(*key)}"] = base.stat([final_loss(r) for r in by[key]])
+        figures[f"final training loss, {_label(*key)}"] = stats.stat([final_loss(r) for r in by[key]])
     for key in COMBINATIONS:
-        figures[f"final test accuracy, {_label(*key)}"] = base.stat([r.result["final_test_accuracy"] for r in by[key]])
+        figures[f"final test accuracy, {_label(*key)}"] = stats.stat([r.result["final_test_accuracy"] for r in by[key]], base.resolution(runs))
     return figures
 
 
-def verdict(figures: dict):
+def parts(figures: dict):
     chance = figures["chance-level loss ln(classes)"]
-    return base.combine(
-        base.compare(
+    return [
+        stats.compare(
             figures["final training loss, sigmoid, no BN"],
             NEAR_CHANCE * chance,
             what=f"sigmoid without BN: final training loss minus {NEAR_CHANCE} x chance level",
+            smallest=SMALLEST * chance,
         ),
-        base.compare(
+        stats.compare(
             TRAINS * chance,
             figures["final training loss, sigmoid, BN"],
             what=f"sigmoid with BN: {TRAINS} x chance level minus final training loss",
+            smallest=SMALLEST * chance,
         ),
-    )
+    ]
 
 
 def plot(runs: list[Run], figures: dict):
@@ -111,10 +115,10 @@ CLAIM = Claim(
     ),
     criterion=(
         f"both: sigmoid without BN ends above {NEAR_CHANCE} x chance-level loss, and sigmoid with BN ends below "
-        f"{TRAINS} x chance level, each by more than 2 standard errors over seeds"
+        f"{TRAINS} x chance level; smallest effect of interest: {SMALLEST:g} x chance level beyond each threshold"
     ),
     runs=runs,
     summarize=summarize,
-    verdict=verdict,
+    parts=parts,
     plot=plot,
 )
