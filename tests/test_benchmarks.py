@@ -20,3 +20,13 @@ def test_benchmark_runs_quick(script):
     )
     assert done.returncode == 0, done.stderr
     assert "geomean" in done.stdout and "train fwd+bwd" in done.stdout and "eval fwd" in done.stdout
+
+
+@pytest.mark.slow
+def test_lab_throughput_benchmark_runs_quick():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_lab_throughput.py"), "--quick", "--rounds", "1"], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert "faster-training MLP" in done.stdout and "group 3" in done.stdout and "normlab / torch" in done.stdout
