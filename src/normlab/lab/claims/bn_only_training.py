@@ -8,7 +8,7 @@ equivalent number of randomly chosen parameters elsewhere in the network" (their
 baseline: two random weights per channel); and BN does it "in part by naturally
 learning to disable around a third of the random features": many gammas end near zero.
 
-Here: the seed article's CNN in 1-D (three blocks of two 3-wide convolutions with 32
+Here: the CIFAR-100 blog post's CNN in 1-D (three blocks of two 3-wide convolutions with 32
 channels, BN and ReLU, max-pooling between blocks) on MNIST-1D, Adam (learning rate
 1e-2, batch 60), trained three ways (``RunConfig.trainable``): everything; only the
 BN parameters (gamma and beta: 2 x 32 x 6 = 384 numbers; the classifier stays frozen

@@ -1,8 +1,9 @@
 """inference-statistics: at test time batch norm uses population statistics, not the test batch's.
 
-Seed articles 000 ("at inference time, we use frozen running averages of the mean and
-variance calculated during training"), 002 (the mean and variance "of the whole
-training set", averaged over the training batches) and 004 ("we do not use batch mean
+The tutorial "Batch Normalization" ("at inference time, we use frozen running averages
+of the mean and variance calculated during training"), a "Deep Learning" revision note
+(the mean and variance "of the whole training set", averaged over the training
+batches) and a blog post with a Keras CIFAR-100 CNN ("we do not use batch mean
 or variance, as this would break the model. (Hint: What is the mean and variance of a
 single observation?) Instead, we calculate a moving average"), after Ioffe & Szegedy
 2015, Sec. 3.1 and Alg. 2.
@@ -127,7 +128,7 @@ def plot(runs: list[Run], figures: dict):
 
 CLAIM = Claim(
     name="inference-statistics",
-    source="Seed articles 000, 002, 004; Ioffe & Szegedy 2015, Sec. 3.1, Alg. 2",
+    source='the tutorial "Batch Normalization", a "Deep Learning" revision note, a Keras CIFAR-100 blog post; Ioffe & Szegedy 2015, Sec. 3.1, Alg. 2',
     statement=(
         "At test time BN must normalize with population statistics estimated in training (running averages); "
         "normalizing with the test batch's own statistics breaks the model, a batch of one completely."

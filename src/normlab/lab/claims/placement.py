@@ -1,6 +1,6 @@
 """placement: batch normalization before or after the activation.
 
-Seed 002: "The authors of the Batch Norm paper suggest to use it before the activation
+A "Deep Learning" revision note on batch normalization: "The authors of the Batch Norm paper suggest to use it before the activation
 function but François Chollet explained on its Keras Github that it was better to use
 it after the activation function." Ioffe & Szegedy (2015, Sec. 3.2) normalize
 ``Wu + b`` because it is "more likely to have a symmetric, non-sparse distribution"
@@ -111,7 +111,7 @@ def plot(runs: list[Run], figures: dict):
 
 CLAIM = Claim(
     name="placement",
-    source="seed 002 (Ioffe & Szegedy 2015, Sec. 3.2, vs. F. Chollet's advice for Keras)",
+    source="a \"Deep Learning\" revision note (Ioffe & Szegedy 2015, Sec. 3.2, vs. F. Chollet's advice for Keras)",
     statement=(
         "Ioffe & Szegedy put BN before the activation; Chollet advises putting it after the activation, "
         "as it works better."

@@ -1,6 +1,6 @@
 """recurrent: batch norm is awkward in recurrent networks.
 
-Seed article 001: "Recurrent neural networks ... face difficulties applying Batch
+The overview "Batch Normalization in Deep Learning": "Recurrent neural networks ... face difficulties applying Batch
 Normalization due to their temporal dependencies. The statistics calculated across a
 batch of sequences can vary significantly across time steps"; layer normalization
 (Ba, Kiros & Hinton 2016) "doesn't rely on batch statistics, making it particularly
@@ -106,7 +106,7 @@ def plot(runs: list[Run], figures: dict):
 
 CLAIM = Claim(
     name="recurrent",
-    source="Seed article 001; Cooijmans et al. 2016; Ba, Kiros & Hinton 2016",
+    source='the overview "Batch Normalization in Deep Learning"; Cooijmans et al. 2016; Ba, Kiros & Hinton 2016',
     statement=(
         "BN is awkward in RNNs: statistics shared over time steps do not fit (they vary across steps), "
         "statistics per time step do not exist beyond the training length; LayerNorm has neither problem."

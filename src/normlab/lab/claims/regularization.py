@@ -8,7 +8,7 @@ Batch Normalization with dropout ... can enhance model generalisation" (001).
 
 Here: a network that overfits: a wide MLP (3 hidden layers of 256 ReLU units) trained
 on the first 500 MNIST-1D training samples with Adam (learning rate 1e-3, batch 50, as
-in seed 000's code) for 100 (quick) or 300 (full) epochs, long enough for every
+in the code of the tutorial "Batch Normalization") for 100 (quick) or 300 (full) epochs, long enough for every
 variant to fit the training samples (99% and more), in four variants: no regularizer,
 BN (before the activation), dropout 0.5 after each hidden layer, both.
 Both accuracies are measured at the end in eval mode (running statistics, no dropout);
@@ -110,7 +110,7 @@ def plot(runs: list[Run], figures: dict):
 
 CLAIM = Claim(
     name="regularization",
-    source="seeds 000, 001 and 002",
+    source='the tutorials "Batch Normalization" and "Batch Normalization in Deep Learning", a "Deep Learning" revision note',
     statement=(
         "BN acts as a mild regularizer (its batch statistics are noisy), but it does not replace dropout: "
         "combined with dropout, a BN network generalizes better."

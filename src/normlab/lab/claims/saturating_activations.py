@@ -1,6 +1,6 @@
 """saturating-activations: batch normalization lets a deep network of sigmoids train.
 
-Seed article 004 (after Ioffe & Szegedy 2015, Sec. 3.3): a CNN of five blocks of two
+A blog post reviewing Ioffe & Szegedy with Keras (after Ioffe & Szegedy 2015, Sec. 3.3): a CNN of five blocks of two
 3-wide convolutions (60 channels, 100 in the last block), max-pooling and dropout
 0.15, with sigmoid or ReLU activations, with or without BN. "Sigmoid without batch
 normalization: training gets stuck ... never achieves better performance than random
@@ -104,7 +104,7 @@ def plot(runs: list[Run], figures: dict):
 
 CLAIM = Claim(
     name="saturating-activations",
-    source="seed 004 (a Keras CNN on CIFAR-100, after Ioffe & Szegedy 2015, Sec. 3.3)",
+    source="a blog post reviewing Ioffe & Szegedy with a Keras CNN on CIFAR-100 (after their Sec. 3.3)",
     statement=(
         "A deep sigmoid CNN without BN stays at chance; with BN it trains. "
         "(ReLU networks train either way, better with BN.)"

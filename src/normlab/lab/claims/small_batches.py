@@ -4,7 +4,7 @@ Wu & He 2018 ("Group Normalization", Table 2): ResNet-50 on ImageNet, batch size
 down to 2 images per GPU, the same epochs, the learning rate scaled linearly with the
 batch. BN's error grows from 23.6% at 32 to 34.7% at 2; GN's stays at about 24%.
 Batch Renorm helps BN but stays behind GN (Sec. 4.1: 26.3% at batch 4, vs. BN 27.3%,
-GN 24.2%). Seed 001: BN has "performance issues with small batch sizes ... the
+GN 24.2%). The overview "Batch Normalization in Deep Learning": BN has "performance issues with small batch sizes ... the
 statistics may not be representative, leading to noisy estimates".
 
 Here: the 3x100 ReLU MLP on MNIST-1D with BN, GroupNorm (4 groups of 25 units),
@@ -120,7 +120,7 @@ def plot(runs: list[Run], figures: dict):
 
 CLAIM = Claim(
     name="small-batches",
-    source="Wu & He 2018, Table 2 and Sec. 4.1; seed 001",
+    source='Wu & He 2018, Table 2 and Sec. 4.1; the overview "Batch Normalization in Deep Learning"',
     statement=(
         "BN's error grows quickly as the batch shrinks (ResNet-50: 23.6% at batch 32, 34.7% at batch 2), "
         "while GroupNorm and LayerNorm do not depend on the batch; Batch Renorm reduces BN's loss."
