@@ -79,6 +79,10 @@ def table(doc: dict) -> str:
     return "\n".join([f"{'claim':<{width}}{'verdict':<{vw}}seeds", *(f"{n:<{width}}{v:<{vw}}{s}" for n, v, s in rows)])
 
 
+def _short(claim: dict) -> str:
+    return claim["verdict"] if claim["verdict"] == SKIPPED else f"{claim['verdict']} ({claim['seeds']} seeds)"
+
+
 def compare(docs: list[dict], labels: list[str]) -> str:
     """The verdicts of several results.json side by side, as a Markdown table, and how many agree."""
     by = [{c["name"]: c for c in d["claims"]} for d in docs]
@@ -86,7 +90,7 @@ def compare(docs: list[dict], labels: list[str]) -> str:
     lines = ["| claim | " + " | ".join(labels) + " | same |", "|---|" + "---|" * (len(labels) + 1)]
     same = 0
     for name in names:
-        cells = [f"{b[name]['verdict']} ({_seeds(b[name])})" if name in b else "-" for b in by]
+        cells = [_short(b[name]) if name in b else "-" for b in by]
         agree = len({b[name]["verdict"] if name in b else None for b in by}) == 1
         same += agree
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {'yes' if agree else '**no**'} |")
