@@ -93,6 +93,7 @@ class Claim:
     parts: Callable[[dict[str, Any]], list[Comparison]]
     plot: Callable[[list[Run], dict[str, Any]], Any]
     findings: Callable[[Verdict], dict[str, str]] | None = None  # words for the decided parts, in the report
+    headline: str = ""  # the claim in one line, for the report's headline (default: the statement)
 
 
 def resolution(runs: list[Run]) -> float:

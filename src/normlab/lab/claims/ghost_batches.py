@@ -110,16 +110,18 @@ def plot(runs: list[Run], figures: dict):
     by = base.group(runs, lambda c: (c.model.norm, c.batch_size))
     for key, label in VARIANTS.items():
         rs = by[key]
-        plots.band(ax, rs[0].result["step"], [r.result["test_accuracy"] for r in rs], label)
+        style = {"linestyle": "--"} if key[1] == SMALL else {}  # the colour is the normalization's
+        plots.band(ax, rs[0].result["step"], [r.result["test_accuracy"] for r in rs], label, **style)
     same_epochs = runs[0].config.steps * SMALL // LARGE
     ax.axvline(same_epochs, color="grey", linestyle=":", label="large batch: the small batch's epochs")
     ax.set(xlabel="updates (training steps)", ylabel="test accuracy")
-    ax.legend(loc="lower right")
+    plots.legend(ax)
     return fig
 
 
 CLAIM = Claim(
     name="ghost-batches",
+    headline="With as many updates, a large batch still generalizes worse, and ghost BN narrows the gap",
     source="Hoffer, Hubara & Soudry 2017, Sec. 4-5 and Table 1",
     statement=(
         "Training with a large batch for the same number of updates as a small batch, ghost batch norm "

@@ -129,18 +129,19 @@ def plot(runs: list[Run], figures: dict):
         lrs = [float(lr) for lr in f]
         mean = [f[k]["mean"] for k in f]
         std = [f[k]["std"] for k in f]
-        line = ax.errorbar(lrs, mean, yerr=std, marker="o", capsize=3, label=label)
+        line = ax.errorbar(lrs, mean, yerr=std, marker="o", capsize=3, label=label, color=plots.color(label))
         diverged = figures[f"learning rates that diverged, {label}"]
         if diverged:
             ax.plot(diverged, [0] * len(diverged), "x", color=line[0].get_color(), label=f"{label}: diverged")
     ax.axhline(figures["a run trains at test accuracy"], color="grey", linestyle=":", label="trains above")
     ax.set(xscale="log", xlabel="learning rate (SGD)", ylabel="final test accuracy")
-    ax.legend()
+    plots.legend(ax)
     return fig
 
 
 CLAIM = Claim(
     name="higher-learning-rates",
+    headline="BN trains at higher learning rates, and its speed comes from them",
     source="Ioffe & Szegedy 2015, Sec. 4.2 (BN-x5, BN-x30); Bjorck et al. 2018",
     statement=(
         "BN makes much higher learning rates usable, and training at those rates is what makes "

@@ -122,12 +122,13 @@ def plot(runs: list[Run], figures: dict):
     ax.set_xticks(range(len(keys)), short, rotation=30, ha="right")
     ax.set(ylabel="test accuracy (mean ± std over seeds)")
     kinds = [Patch(color="C0"), Patch(color="C2"), Patch(color="C3"), chance]
-    ax.legend(kinds, ["running averages", "precise (training set)", "the test batch's statistics", "chance"])
+    plots.legend(ax, kinds, ["running averages", "precise (training set)", "the test batch's statistics", "chance"])
     return fig
 
 
 CLAIM = Claim(
     name="inference-statistics",
+    headline="At test time BN must use population statistics, not the test batch's",
     source='the tutorial "Batch Normalization", a "Deep Learning" revision note, a Keras CIFAR-100 blog post; Ioffe & Szegedy 2015, Sec. 3.1, Alg. 2',
     statement=(
         "At test time BN must normalize with population statistics estimated in training (running averages); "

@@ -105,12 +105,13 @@ def plot(runs: list[Run], figures: dict):
         plots.band(ax, SCALES, per_seed, label, marker="o")
     ax.axhline(1 / runs[0].result["classes"], color="grey", linestyle=":", label="chance")
     ax.set(xscale="log", xlabel="initial weights: scale x PyTorch's default", ylabel="final test accuracy")
-    ax.legend()
+    plots.legend(ax)
     return fig
 
 
 CLAIM = Claim(
     name="init-robustness",
+    headline="BN makes training less sensitive to the scale of the initial weights",
     source='the tutorials "Batch Normalization" and "Batch Normalization in Deep Learning" (after Ioffe & Szegedy 2015, Sec. 3.3)',
     statement="Batch normalization makes training much less sensitive to the initialization of the weights.",
     measured=(

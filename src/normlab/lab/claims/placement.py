@@ -105,12 +105,13 @@ def plot(runs: list[Run], figures: dict):
             rs = by[act, placement]
             plots.band(ax, rs[0].result["step"], [r.result["test_accuracy"] for r in rs], f"BN {placement}", linestyle=style)
         ax.set(title=label, xlabel="training step", ylabel="test accuracy")
-        ax.legend(loc="lower right")
+    plots.legend(axes[-1])
     return fig
 
 
 CLAIM = Claim(
     name="placement",
+    headline="BN works better after the activation than before it",
     source="a \"Deep Learning\" revision note (Ioffe & Szegedy 2015, Sec. 3.2, vs. F. Chollet's advice for Keras)",
     statement=(
         "Ioffe & Szegedy put BN before the activation; Chollet advises putting it after the activation, "

@@ -100,12 +100,13 @@ def plot(runs: list[Run], figures: dict):
     curves.set(xlabel="training step", ylabel=f"test accuracy ({TRAINED} steps)")
     lengths.axvline(TRAINED, color="grey", linestyle=":")
     lengths.set(xlabel="test sequence length (trained on 40)", ylabel="test accuracy", xticks=TEST_LENGTHS)
-    curves.legend()
+    plots.legend(lengths)
     return fig
 
 
 CLAIM = Claim(
     name="recurrent",
+    headline="In a recurrent network BN needs statistics per time step, and LayerNorm handles longer sequences better",
     source='the overview "Batch Normalization in Deep Learning"; Cooijmans et al. 2016; Ba, Kiros & Hinton 2016',
     statement=(
         "BN is awkward in RNNs: statistics shared over time steps do not fit (they vary across steps), "
