@@ -221,7 +221,10 @@ def markdown(doc: dict, images: dict[str, bytes]) -> str:
     for c in doc["claims"]:
         out += ["", f"## {c['name']}", "", f"*{c['source']}*: {c['statement']}", ""]
         out += [f"- **Measured**: {c['measured']}", f"- **Criterion**: {c['criterion']}"]
-        out += [f"- **Verdict** ({_seeds(c)}): **{c['verdict']}**"] + [f"  - {x}" for x in part_lines(c)] + [""]
+        if c["verdict"] == SKIPPED:
+            out += [f"- **Verdict**: **{SKIPPED}**: {c['explanation']}", ""]
+        else:
+            out += [f"- **Verdict** ({_seeds(c)}): **{c['verdict']}**"] + [f"  - {x}" for x in part_lines(c)] + [""]
         out += [f"- {x}" for x in [*_findings(c), *figure_lines(c["figures"])]]
         if c["name"] in images:
             out += ["", f"![{c['name']}](plots/{c['name']}.png)"]
@@ -281,7 +284,8 @@ def page(doc: dict, images: dict[str, bytes]) -> str:
             f'<section id="{e(c["name"])}"><h2>{e(c["name"])}</h2>'
             f'<p><em>{e(c["source"])}</em>: {e(c["statement"])}</p>'
             f'<p><b>Measured</b>: {e(c["measured"])}<br><b>Criterion</b>: {e(c["criterion"])}<br>'
-            f'<b>Verdict</b> ({e(_seeds(c))}): <span class="{c["verdict"].replace(" ", "-")}">{e(c["verdict"])}</span></p>'
+            f'<b>Verdict</b> ({e(_seeds(c))}): <span class="{c["verdict"].replace(" ", "-")}">{e(c["verdict"])}</span>'
+            + (f": {e(c['explanation'])}" if c["verdict"] == SKIPPED else "") + "</p>"
             f"<ul>{items(part_lines(c))}</ul><ul>{items([*_findings(c), *figure_lines(c['figures'])])}</ul>{img}</section>"
         )
     head = "".join(f"<th>{e(h)}</th>" for h in COLUMNS)
