@@ -87,6 +87,7 @@ def test_a_member_equals_its_separate_run_up_to_rounding(name):
     close(mine["train_loss"][1:], plain["train_loss"][1:], "train_loss")
     # accuracies count samples: one may flip on a rounding difference
     close(mine["test_accuracy"], plain["test_accuracy"], "test_accuracy", rel=0, abs_=1.5 / len(ds.y_test))
+    close(mine["val_accuracy"], plain["val_accuracy"], "val_accuracy", rel=0, abs_=1.5 / len(ds.y_val))
     close(mine["final_train_accuracy"], plain["final_train_accuracy"], "train accuracy", rel=0, abs_=1.5 / len(ds.y_train))
     for probe in c.probes:
         close(mine["probes"][probe], plain["probes"][probe], probe, abs_=1e-4)
@@ -137,6 +138,7 @@ def test_a_diverging_member_ends_alone_and_changes_nobody():
     assert ("not finite" in plain["diverged"]["reason"]) == ("not finite" in results[1]["diverged"]["reason"])
     assert results[1]["step"] == plain["step"] and results[1]["step"][-1] < results[1]["diverged"]["step"]
     assert results[1]["final_test_accuracy"] == pytest.approx(plain["final_test_accuracy"], abs=1.5 / len(ds.y_test))
+    assert results[1]["final_val_accuracy"] == pytest.approx(plain["final_val_accuracy"], abs=1.5 / len(ds.y_val))
 
 
 def test_members_go_back_into_plain_models():
