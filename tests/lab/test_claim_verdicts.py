@@ -1,4 +1,4 @@
-"""Verdicts of init-robustness, regularization, placement, small-batches and ghost-batches on synthetic results.
+"""Verdicts of init-robustness, regularization, small-batches and ghost-batches on synthetic results.
 
 Each claim's summarize + verdict is fed runs whose numbers are chosen here, so the
 expected figures and verdicts are known: a clear effect (reproduced), its absence or
@@ -11,7 +11,7 @@ import math
 import pytest
 
 from normlab.lab.claims import CLAIMS, PROFILES, Run
-from normlab.lab.claims import ghost_batches, init_robustness, placement
+from normlab.lab.claims import ghost_batches, init_robustness
 from test_claims import verdict_of
 
 from normlab.lab import stats
@@ -99,38 +99,6 @@ def test_regularization_two_parts():
     # dropout's gain on top of BN within the seeds' noise
     f, v = judge("regularization", lambda c: outcome(c, both_test=0.45 + (0.04, -0.03, 0.02)[c.seed]))
     assert v.verdict == INCONCLUSIVE, v.explanation
-
-
-# --- placement -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "after, before, words",
-    [
-        ([0.70, 0.71, 0.72], [0.60, 0.61, 0.62], "after is better"),
-        ([0.60, 0.61, 0.62], [0.70, 0.71, 0.72], "before is better"),
-        ([0.650, 0.652, 0.651], [0.651, 0.650, 0.652], "no meaningful difference"),
-        ([0.600, 0.607, 0.614], [0.605, 0.612, 0.619], "after is not better"),  # before better by 0.5 pp +- 1.2
-        ([0.60, 0.70, 0.65], [0.64, 0.66, 0.65], "unclear"),
-    ],
-)
-def test_placement_finding_words(after, before, words):
-    part = decide(stats.compare(after, before, what="d", smallest=placement.MEANINGFUL)).parts[0]
-    assert placement.finding(part) == words, part.text()
-
-
-def test_placement_verdict():
-    def outcome(c, relu_after=0.70, sigmoid_after=0.70):
-        after = {"relu": relu_after, "sigmoid": sigmoid_after}[c.model.activation]
-        return result((after if c.model.placement == "after" else 0.60) + 0.001 * c.seed)
-
-    _, v = judge("placement", outcome)
-    words = placement.findings(v)
-    assert words["finding, ReLU"] == words["finding, sigmoid"] == "after is better" and v.verdict == REPRODUCED
-    _, v = judge("placement", lambda c: outcome(c, relu_after=0.603))
-    assert placement.findings(v)["finding, ReLU"] == "no meaningful difference" and v.verdict == NOT_REPRODUCED
-    _, v = judge("placement", lambda c: outcome(c, sigmoid_after=0.50))
-    assert placement.findings(v)["finding, sigmoid"] == "before is better" and v.verdict == NOT_REPRODUCED
 
 
 # --- small-batches ---------------------------------------------------------------------
