@@ -86,30 +86,6 @@ def test_stable_distributions_drift():
     assert verdict_of(claim, f).verdict == NOT_REPRODUCED
 
 
-def test_higher_learning_rates_verdict():
-    claim = CLAIMS["higher-learning-rates"]
-    from normlab.lab.claims.higher_learning_rates import RATES
-
-    def make(key, seed):
-        norm, lr = key
-        return RunConfig(ModelSpec("mlp", 3, 100, "sigmoid", norm), lr=lr, steps=400, seed=seed)
-
-    def result(norm, lr):
-        if norm == "none":  # trains up to 3, slowly
-            return history([0.1, 0.2, 0.3, 0.4, 0.5] if lr <= 3 else [0.1] * 5)
-        return history([0.1, 0.5, 0.6, 0.6, 0.6] if lr <= 30 else [0.1] * 5)
-
-    runs = [Run(make((n, lr), s), result(n, lr)) for n in ("none", "bn") for lr in RATES for s in range(3)]
-    f = claim.summarize(runs)
-    assert f["largest learning rate that trains (log10), BN"]["values"] == [pytest.approx(math.log10(30))] * 3
-    assert f["largest learning rate that trains (log10), no BN"]["values"] == [pytest.approx(math.log10(3))] * 3
-    assert f["steps to target, BN above the no-BN network's largest rate"]["values"] == [100] * 3
-    assert f["steps to target, no BN at its fastest rate"]["values"] == [400] * 3
-    assert verdict_of(claim, f).verdict == REPRODUCED
-    same = [Run(r.config, result("none", r.config.lr)) for r in runs]
-    assert verdict_of(claim, claim.summarize(same)).verdict == NOT_REPRODUCED
-
-
 def test_saturating_activations_verdict():
     claim = CLAIMS["saturating-activations"]
     chance = math.log(10)
