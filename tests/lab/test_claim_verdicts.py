@@ -14,8 +14,7 @@ from normlab.lab.claims import CLAIMS, PROFILES, Run
 from normlab.lab.claims import ghost_batches, init_robustness
 from test_claims import verdict_of
 
-from normlab.lab import stats
-from normlab.lab.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, decide
+from normlab.lab.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 
 
 def result(test, train=1.0, diverged=None, step=(0, 100), curve=None):

@@ -111,7 +111,10 @@ def test_every_claim_declares_itself():
             assert {r.seed for r in runs} == set(profile.seeds)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "saturating-activations" else n for n in CLAIMS])
+SLOW_ON_TINY = ("saturating-activations", "placement")  # CNNs; placement trains 48 configurations
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_ON_TINY else n for n in CLAIMS])
 def test_each_claim_on_the_tiny_profile(name, tmp_path):
     doc = reproduce([name], PROFILES["tiny"], tmp_path, jobs=1, progress=False)
     (entry,) = doc["claims"]

@@ -38,7 +38,6 @@ meaningful difference" are both "not reproduced", and the finding says which.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 from .. import stats
