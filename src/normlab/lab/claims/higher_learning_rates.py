@@ -64,8 +64,8 @@ def runs(profile: Profile) -> list[RunConfig]:
     ]
 
 
-def _trains(run: Run, chance: float, split: str = "test") -> bool:
-    return run.result["diverged"] is None and base.accuracy(run, split) >= TRAINS * chance
+def _trains(run: Run, chance: float) -> bool:
+    return run.result["diverged"] is None and base.accuracy(run) >= TRAINS * chance
 
 
 def common_rates(val: dict, chance: float) -> tuple[float, float]:
@@ -79,7 +79,7 @@ def common_rates(val: dict, chance: float) -> tuple[float, float]:
 
 def summarize(runs: list[Run]) -> dict:
     chance = 1 / runs[0].result["classes"]
-    q = base.resolution(runs)
+    q = {"test": base.resolution(runs), "val": 1 / runs[0].result["val_samples"]}
     by = base.group(runs, lambda c: (c.model.norm, c.lr))
     seeds = sorted({r.config.seed for r in runs})
     at = {key: {r.config.seed: r for r in rs} for key, rs in by.items()}
@@ -106,15 +106,15 @@ def summarize(runs: list[Run]) -> dict:
         figures[f"learning rates that diverged, {label}"] = sorted({lr for lr in RATES for r in by[n, lr] if r.result["diverged"]})
     figures["small common rate (smallest at which both train, on validation)"] = small
     figures["large common rate (BN's best on validation)"] = large
-    figures["BN's advantage in test accuracy at the small rate"] = stats.stat(advantage(small), q)
-    figures["BN's advantage in test accuracy at the large rate"] = stats.stat(advantage(large), q)
+    figures["BN's advantage in test accuracy at the small rate"] = stats.stat(advantage(small), q["test"])
+    figures["BN's advantage in test accuracy at the large rate"] = stats.stat(advantage(large), q["test"])
     figures["interaction: advantage at the large rate - at the small rate"] = stats.stat(
-        [hi - lo for hi, lo in zip(advantage(large), advantage(small))], q
+        [hi - lo for hi, lo in zip(advantage(large), advantage(small))], q["test"]
     )
     for split, name in (("val", "validation"), ("test", "test")):
         for n, label in NORMS.items():
             figures[f"final {name} accuracy by learning rate, {label}"] = {
-                f"{lr:g}": stats.stat(trained(n, lr, split), q) for lr in RATES
+                f"{lr:g}": stats.stat(trained(n, lr, split), q[split]) for lr in RATES
             }
     return figures
 

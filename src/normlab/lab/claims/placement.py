@@ -16,8 +16,9 @@ own learning rate, as a practitioner would tune it. Here:
   act -> BN``, the linear map keeping its bias) the activation, for ReLU and sigmoid;
 * Adam (the Keras default optimizer), batch 60, at each rate of :data:`RATES` (the
   Keras default 1e-3 and half a decade either side);
-* two budgets (:data:`BUDGETS`): the same runs, read after the short budget and at the
-  end, because the sign of the difference can depend on how long one trains;
+* two budgets, 1500 and 4500 steps (tiny: 10 and 20): the same runs, read at their
+  first log and at their end, because the sign of the difference can depend on how
+  long one trains;
 * per network, activation, placement and budget, the learning rate with the best mean
   *validation* accuracy at that budget (:func:`normlab.lab.claims.base.tune`); the
   verdict compares the *test* accuracies at the rates so chosen.
