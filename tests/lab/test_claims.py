@@ -123,3 +123,16 @@ def test_each_claim_on_the_tiny_profile(name, tmp_path):
     assert stats and all(s["n"] == 2 and len(s["values"]) == 2 for s in stats)
     assert set(entry["runs"]) <= set(doc["runs"]) and json.loads((tmp_path / "results.json").read_text()) == doc
     assert (tmp_path / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name", ["noisy-bn", "placement", "higher-learning-rates"])
+def test_redesigned_claims_run_on_the_shipped_digits(name):
+    """The held-out check of a redesign: its networks fit the 8x8 digits (the CNN in 2-D), every profile."""
+    from dataclasses import replace
+
+    from normlab.lab import data
+
+    digits = data.load("digits")
+    for profile in PROFILES.values():
+        runs = CLAIMS[name].runs(replace(profile, data="digits"))
+        assert {c.data for c in runs} == {"digits"} and all(c.misfit(digits) is None for c in runs)
