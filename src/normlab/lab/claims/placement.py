@@ -16,9 +16,9 @@ own learning rate, as a practitioner would tune it. Here:
   act -> BN``, the linear map keeping its bias) the activation, for ReLU and sigmoid;
 * Adam (the Keras default optimizer), batch 60, at each rate of :data:`RATES` (the
   Keras default 1e-3 and half a decade either side);
-* two budgets, 1500 and 4500 steps (tiny: 10 and 20): the same runs, read at their
-  first log and at their end, because the sign of the difference can depend on how
-  long one trains;
+* two budgets, 1000 and 3000 steps (full: 1500 and 4500; tiny: 10 and 20): the same
+  runs, read at their first log and at their end, because the sign of the difference
+  can depend on how long one trains;
 * per network, activation, placement and budget, the learning rate with the best mean
   *validation* accuracy at that budget (:func:`normlab.lab.claims.base.tune`); the
   verdict compares the *test* accuracies at the rates so chosen.
@@ -58,7 +58,7 @@ PLACEMENTS = ("before", "after")
 
 
 def runs(profile: Profile) -> list[RunConfig]:
-    short, long = profile.pick((10, 20), (1500, 4500), (1500, 4500))
+    short, long = profile.pick((10, 20), (1000, 3000), (1500, 4500))
     return [
         RunConfig(
             replace(spec, activation=act, placement=placement),
