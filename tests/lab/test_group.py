@@ -72,6 +72,17 @@ def test_a_member_does_not_depend_on_its_group(name):
     assert alone["test_accuracy"] != without_timing(train.train(others[1], ds))["test_accuracy"]
 
 
+def test_initialization_schemes_train_in_one_group():
+    """Runs that differ in their initialization scheme stack too, each member as it trains alone."""
+    ds = synthetic()
+    runs = [config("mlp-bn", seed=s, model_init=init) for s in (0, 1) for init in ("torch", "lecun", "glorot", "he")]
+    assert len({train.group_key(c) for c in runs}) == 1
+    together = train.train_group(runs, ds)
+    for c, r in zip(runs[:5:3], together[:5:3]):
+        assert without_timing(r) == without_timing(train.train(c, ds))
+    assert together[0]["test_accuracy"] != together[1]["test_accuracy"] or together[0]["train_loss"] != together[1]["train_loss"]
+
+
 def close(a, b, what, rel=1e-4, abs_=1e-5):
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     assert a.shape == b.shape, what
@@ -156,5 +167,5 @@ def test_what_cannot_be_stacked():
         stacked.stack([nn.Conv1d(2, 3, 3, stride=2)] * 2)
     with pytest.raises(stacked.NotStackable, match="no stacked form of LSTM"):
         stacked.stack([nn.LSTM(2, 3)])
-    with pytest.raises(ValueError, match="may differ only in their seed and model.init_scale"):
+    with pytest.raises(ValueError, match="may differ only in their seed, model.init and model.init_scale"):
         train.train_group([config("mlp"), config("mlp", lr=0.5)], synthetic())

@@ -9,9 +9,9 @@ replacement from a per-run ``torch.Generator``, weights initialized after
 for bit, in any process on the same machine and software, which is what lets runs be
 cached by :meth:`RunConfig.key` and resumed.
 
-Runs that differ only in their seed and ``init_scale`` (the same :func:`group_key`)
-train together as one stacked model (:mod:`normlab.lab.stacked`, :func:`train_group`):
-each *member* keeps its own initialization, mini-batch order, random stream for
+Runs that differ only in their seed and initial weights (``init``, ``init_scale``: the
+same :func:`group_key`) train together as one stacked model (:mod:`normlab.lab.stacked`,
+:func:`train_group`): each *member* keeps its own initialization, mini-batch order, random stream for
 dropout and noise, normalization statistics, optimizer state and divergence, and its
 result does not depend on which group it trained in, or how large (bit for bit; the
 tests check it). :func:`train` is a group of one. :func:`train_separately` is the same
@@ -308,8 +308,8 @@ def _batches(n: int, size: int, generator: torch.Generator):
 
 
 def group_key(config: RunConfig) -> str:
-    """What the runs of one group share: everything but the seed and the initial weights' scale."""
-    return config.but(seed=0, model_init_scale=1.0).key()
+    """What the runs of one group share: everything but the seed and the initial weights (scheme and scale)."""
+    return config.but(seed=0, model_init_scale=1.0, model_init="torch").key()
 
 
 def train(config: RunConfig, dataset: datasets.Dataset | None = None) -> dict:
@@ -318,7 +318,7 @@ def train(config: RunConfig, dataset: datasets.Dataset | None = None) -> dict:
 
 
 def train_group(configs: list[RunConfig], dataset: datasets.Dataset | None = None) -> list[dict]:
-    """Train the runs ``configs``, which share everything but their seed and ``init_scale``
+    """Train the runs ``configs``, which share everything but their seed and initial weights
     (:func:`group_key`), as one stacked model (:mod:`normlab.lab.stacked`); return each
     run's result, the same whatever else trains with it."""
     configs = list(configs)
@@ -326,7 +326,7 @@ def train_group(configs: list[RunConfig], dataset: datasets.Dataset | None = Non
         return []
     first = configs[0]
     if any(group_key(c) != group_key(first) for c in configs):
-        raise ValueError("train_group: the runs of a group may differ only in their seed and model.init_scale")
+        raise ValueError("train_group: the runs of a group may differ only in their seed, model.init and model.init_scale")
     ds = dataset if dataset is not None else datasets.load(first.data)
     x_train, y_train = _training_split(first, ds)
     start = time.perf_counter()
