@@ -281,8 +281,26 @@ def test_bad_measures_and_trainable(mnist1d):
         train.train(RunConfig(ModelSpec("mlp", 1, 4), steps=2, trainable="norm"), mnist1d)
     with pytest.raises(ValueError, match="at must be 'logs' or 'end'"):
         measures.measure("x", at="start")
-    with pytest.raises(ValueError, match="needs the mnist1d dataset"):
-        MEASURES["longer_sequences"].fn(a_step())
+    step = a_step()
+    images = synthetic(length=16)
+    images = Dataset("images", *(t.view(len(t), 1, 4, 4) if t.dim() == 3 else t for t in (images.x_train, images.y_train, images.x_test, images.y_test)),
+                     images.classes, x_val=images.x_val, y_val=images.y_val)
+    with pytest.raises(ValueError, match=r"needs sequences \(C, L\), got samples of shape \(1, 4, 4\)"):
+        MEASURES["longer_sequences"].fn(TrainingStep(0, step.model, step.optimizer, step.x, step.y, step.config, images))
+
+
+def test_longer_sequences_tests_on_the_test_split_embedded_in_noise():
+    """At the training length the plain test accuracy; longer, the accuracy on data.embedded's sequences (seed 0)."""
+    from normlab.lab import data
+
+    step = a_step(ModelSpec("rnn", 1, 6, "tanh", "ln"))
+    ds = step.dataset
+    assert measures.test_lengths(40) == (40, 60, 80) and measures.test_lengths(10) == (10, 15, 20)
+    out = MEASURES["longer_sequences"].fn(step)
+    assert list(out) == ["10", "15", "20"]
+    assert out["10"] == train.accuracy(step.model, ds.x_test, ds.y_test)
+    for n in (15, 20):
+        assert out[str(n)] == train.accuracy(step.model, data.embedded(ds.x_test, n, seed=0)[0], ds.y_test)
 
 
 def test_gammas_lists_every_normalization_scale():

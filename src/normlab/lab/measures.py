@@ -15,7 +15,7 @@ The measures here:
 * ``ics``: internal covariate shift by Santurkar et al. 2018's Definition 2.1;
 * ``smoothness``: the loss landscape along the gradient (Santurkar et al. Sec. 3.1);
 * ``inference_statistics``: test accuracy under each kind of normalization statistics;
-* ``longer_sequences``: test accuracy on MNIST-1D resampled to longer sequences;
+* ``longer_sequences``: test accuracy on the test sequences embedded in longer ones of noise;
 * ``gammas``: the normalizations' scales at the end.
 """
 
@@ -38,7 +38,7 @@ from .models import WEIGHTED
 if TYPE_CHECKING:
     from .train import RunConfig
 
-__all__ = ["MEASURES", "Measure", "TrainingStep", "measure", "ETA_MULTIPLES", "TEST_LENGTHS", "batch_statistics_accuracy"]
+__all__ = ["MEASURES", "Measure", "TrainingStep", "measure", "ETA_MULTIPLES", "LENGTH_FACTORS", "test_lengths", "batch_statistics_accuracy"]
 
 
 class Measure(NamedTuple):
@@ -259,18 +259,33 @@ def inference_statistics(step: TrainingStep) -> dict:
     return out
 
 
-TEST_LENGTHS = (40, 60, 80)  # MNIST-1D test sequences of `longer_sequences`: 40 is the training length
+LENGTH_FACTORS = (1, 1.5, 2)  # the test lengths of `longer_sequences`, in multiples of the training length
+EMBEDDING_SEED = 0  # the offsets and noise of the longer test sequences: the same for every run
 
 
-@measure("longer_sequences", at="end", data="mnist1d")
+def test_lengths(steps: int) -> tuple[int, ...]:
+    """The test sequence lengths of :func:`longer_sequences` for sequences of ``steps`` steps: 40, 60, 80 for MNIST-1D."""
+    return tuple(round(f * steps) for f in LENGTH_FACTORS)
+
+
+@measure("longer_sequences", at="end")
 def longer_sequences(step: TrainingStep) -> dict:
-    """Test accuracy on MNIST-1D's test signals generated at each length of :data:`TEST_LENGTHS`
-    (:func:`normlab.lab.data.mnist1d_test_at`: the same signals, resampled), keyed by length."""
+    """Test accuracy on the test sequences embedded in longer ones, keyed by length (:func:`test_lengths`).
+
+    Each test sequence is placed intact at a random offset inside a sequence of standard
+    normal noise (the lab's data is standardized: the noise has the data's spread),
+    :func:`normlab.lab.data.embedded`; at the training length that is the test split
+    itself. The offsets and the noise are the same for every run.
+    """
     from .train import accuracy
 
-    if step.dataset.name != "mnist1d":
-        raise ValueError(f"the longer_sequences measure needs the mnist1d dataset, got {step.dataset.name!r}")
-    return {str(n): accuracy(step.model, *datasets.mnist1d_test_at(n)) for n in TEST_LENGTHS}
+    ds = step.dataset
+    if len(ds.sample_shape) != 2:
+        raise ValueError(f"the longer_sequences measure needs sequences (C, L), got samples of shape {ds.sample_shape}")
+    return {
+        str(n): accuracy(step.model, datasets.embedded(ds.x_test, n, seed=EMBEDDING_SEED)[0], ds.y_test)
+        for n in test_lengths(ds.sample_shape[-1])
+    }
 
 
 @measure("gammas", at="end")
