@@ -133,24 +133,3 @@ def test_small_batches_parts():
     # Renorm's gain within the noise
     f, v = judge("small-batches", lambda c: outcome(c, renorm_at_2=(0.40, 0.50, 0.42)[c.seed]))
     assert v.verdict == INCONCLUSIVE, v.explanation
-
-
-# --- ghost-batches ---------------------------------------------------------------------
-
-
-def test_ghost_batches_parts():
-    def outcome(c, small=0.50, large=0.45, ghost=0.49):
-        steps = list(range(0, c.steps + 1, c.eval_every))
-        final = {("bn", ghost_batches.SMALL): small, ("bn", ghost_batches.LARGE): large, ("ghost", ghost_batches.LARGE): ghost}
-        test = final[c.model.norm, c.batch_size] + 0.002 * c.seed
-        return result(test, step=steps, curve=[0.1] + [test - 0.05] + [test] * (len(steps) - 2))
-
-    f, v = judge("ghost-batches", outcome)
-    assert f["gap (small - large batch, BN)"] == pytest.approx(0.05)
-    assert f["fraction of the gap ghost BN closes"] == pytest.approx(0.8)
-    assert f[f"test accuracy at the small batch's epochs (not judged), large batch ({ghost_batches.LARGE}), BN"]["mean"] == pytest.approx(0.402)
-    assert v.verdict == REPRODUCED, v.explanation
-    # no gap to narrow: the large batch is better than the small one
-    assert judge("ghost-batches", lambda c: outcome(c, large=0.52, ghost=0.54))[1].verdict == NOT_REPRODUCED
-    # ghost BN does not help
-    assert judge("ghost-batches", lambda c: outcome(c, ghost=0.44))[1].verdict == NOT_REPRODUCED
