@@ -1,4 +1,4 @@
-"""Verdicts of init-robustness, regularization, small-batches and ghost-batches on synthetic results.
+"""Verdicts of regularization and small-batches on synthetic results.
 
 Each claim's summarize + verdict is fed runs whose numbers are chosen here, so the
 expected figures and verdicts are known: a clear effect (reproduced), its absence or
@@ -11,7 +11,6 @@ import math
 import pytest
 
 from normlab.lab.claims import CLAIMS, PROFILES, Run
-from normlab.lab.claims import ghost_batches, init_robustness
 from test_claims import verdict_of
 
 from normlab.lab.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
@@ -41,42 +40,6 @@ def runs_of(claim, outcome):
 def judge(claim, outcome):
     figures = CLAIMS[claim].summarize(runs_of(claim, outcome))
     return figures, verdict_of(CLAIMS[claim], figures)
-
-
-# --- init-robustness -------------------------------------------------------------------
-
-
-def test_init_robustness_sensitivity():
-    def outcome(c, bn_worst=0.5, plain_worst=None):
-        jitter = 0.01 * c.seed
-        if c.model.norm == "bn":
-            return result(0.6 + jitter if c.model.init_scale != 100 else bn_worst)
-        if plain_worst is not None:  # the plain network trains at every scale, worst at 100
-            return result(0.5 + jitter if c.model.init_scale != 100 else plain_worst[c.seed])
-        if c.model.init_scale == 1:
-            return result(0.5 + jitter)
-        if c.model.init_scale == 100:  # diverged: its NaN remains score 0, counted at chance
-            return result(0.0, diverged={"step": 3, "reason": "the training loss is nan"})
-        return result(0.1)
-
-    f, v = judge("init-robustness", outcome)
-    expected = [(0.1 + 0.01 * s) / (0.5 + 0.01 * s) for s in range(3)]  # (best - worst) / (best - chance)
-    assert f["sensitivity (best - worst) / (best - chance), BN"]["values"] == pytest.approx(expected)
-    assert f["sensitivity (best - worst) / (best - chance), no BN"]["values"] == pytest.approx([1.0, 1.0, 1.0])
-    assert f["range of final test accuracy (best - worst), no BN"]["values"] == pytest.approx([0.4, 0.41, 0.42])
-    assert f["runs that diverged, no BN"] == 3 and f["runs that diverged, BN"] == 0
-    assert v.verdict == REPRODUCED, v.explanation
-    # BN's worst scale at chance, like the plain network's: not less sensitive
-    assert judge("init-robustness", lambda c: outcome(c, bn_worst=0.1))[1].verdict == NOT_REPRODUCED
-    # a plain network whose sensitivity (0.1, 0.5, 0.3) straddles BN's (about 0.22)
-    f, v = judge("init-robustness", lambda c: outcome(c, plain_worst=(0.46, 0.305, 0.394)))
-    assert f["sensitivity (best - worst) / (best - chance), no BN"]["values"] == pytest.approx([0.1, 0.5, 0.3])
-    assert v.verdict == INCONCLUSIVE, v.explanation
-
-
-def test_init_robustness_sensitivity_function():
-    assert init_robustness.sensitivity(0.6, 0.35, 0.1) == pytest.approx(0.5)
-    assert init_robustness.sensitivity(0.1, 0.05, 0.1) == 1.0  # learns nothing at any scale
 
 
 # --- regularization --------------------------------------------------------------------
