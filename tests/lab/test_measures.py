@@ -295,7 +295,7 @@ def test_longer_sequences_tests_on_the_test_split_embedded_in_noise():
 
     step = a_step(ModelSpec("rnn", 1, 6, "tanh", "ln"))
     ds = step.dataset
-    assert measures.test_lengths(40) == (40, 60, 80) and measures.test_lengths(10) == (10, 15, 20)
+    assert measures.sequence_lengths(40) == (40, 60, 80) and measures.sequence_lengths(10) == (10, 15, 20)
     out = MEASURES["longer_sequences"].fn(step)
     assert list(out) == ["10", "15", "20"]
     assert out["10"] == train.accuracy(step.model, ds.x_test, ds.y_test)

@@ -38,7 +38,10 @@ from .models import WEIGHTED
 if TYPE_CHECKING:
     from .train import RunConfig
 
-__all__ = ["MEASURES", "Measure", "TrainingStep", "measure", "ETA_MULTIPLES", "LENGTH_FACTORS", "test_lengths", "batch_statistics_accuracy"]
+__all__ = [
+    "MEASURES", "Measure", "TrainingStep", "measure", "ETA_MULTIPLES", "LENGTH_FACTORS", "sequence_lengths",
+    "batch_statistics_accuracy",
+]
 
 
 class Measure(NamedTuple):
@@ -263,14 +266,14 @@ LENGTH_FACTORS = (1, 1.5, 2)  # the test lengths of `longer_sequences`, in multi
 EMBEDDING_SEED = 0  # the offsets and noise of the longer test sequences: the same for every run
 
 
-def test_lengths(steps: int) -> tuple[int, ...]:
+def sequence_lengths(steps: int) -> tuple[int, ...]:
     """The test sequence lengths of :func:`longer_sequences` for sequences of ``steps`` steps: 40, 60, 80 for MNIST-1D."""
     return tuple(round(f * steps) for f in LENGTH_FACTORS)
 
 
 @measure("longer_sequences", at="end")
 def longer_sequences(step: TrainingStep) -> dict:
-    """Test accuracy on the test sequences embedded in longer ones, keyed by length (:func:`test_lengths`).
+    """Test accuracy on the test sequences embedded in longer ones, keyed by length (:func:`sequence_lengths`).
 
     Each test sequence is placed intact at a random offset inside a sequence of standard
     normal noise (the lab's data is standardized: the noise has the data's spread),
@@ -284,7 +287,7 @@ def longer_sequences(step: TrainingStep) -> dict:
         raise ValueError(f"the longer_sequences measure needs sequences (C, L), got samples of shape {ds.sample_shape}")
     return {
         str(n): accuracy(step.model, datasets.embedded(ds.x_test, n, seed=EMBEDDING_SEED)[0], ds.y_test)
-        for n in test_lengths(ds.sample_shape[-1])
+        for n in sequence_lengths(ds.sample_shape[-1])
     }
 
 
