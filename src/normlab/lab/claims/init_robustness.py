@@ -7,8 +7,8 @@ flexibility in choosing weight initialisation strategies" ("Batch Normalization 
 Learning", an overview article); Ioffe & Szegedy 2015 (abstract): BN "allows us to use
 much higher learning rates and be less careful about initialization".
 
-Here: a 3x100 ReLU MLP with and without BN (before the activation) on MNIST-1D, plain
-SGD (batch 60), initialized by each of four standard schemes (:data:`normlab.lab.models.INITS`):
+Here: a 3x100 ReLU MLP with and without BN (before the activation), plain SGD (batch
+60), initialized by each of four standard schemes (:data:`normlab.lab.models.INITS`):
 torch's default (uniform, variance ``1 / (3 fan_in)``), LeCun's (normal, ``1 / fan_in``),
 Glorot's (uniform, ``2 / (fan_in + fan_out)``) and He's (normal, ``2 / fan_in``), biases
 at 0 but for torch's default. Each network and scheme trains at each learning rate of
@@ -29,13 +29,12 @@ percentage point of accuracy here.
 from __future__ import annotations
 
 from .. import stats
-from ..models import INITS, ModelSpec
+from ..models import ModelSpec
 from ..train import RunConfig
 from . import base
 from .base import Claim, Profile, Run
 
-SCHEMES = {"torch": "torch's default", "lecun": "LeCun", "glorot": "Glorot", "he": "He"}
-assert set(SCHEMES) == set(INITS)
+SCHEMES = {"torch": "torch's default", "lecun": "LeCun", "glorot": "Glorot", "he": "He"}  # every key of models.INITS
 NORMS = {"bn": "BN", "none": "no BN"}
 # Half-decades: in the pilot (one seed, validation split) every arm trained best at 0.3 or 1 and worse
 # at 0.1 or 0.03; 3 is there so that no arm's best rate lies at the grid's upper edge untried beyond it.
