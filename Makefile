@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= lab,triton,test
 PY     := $(VENV)/bin/python
 
-.PHONY: reproduce test bench clean
+.PHONY: reproduce test bench report-png clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_norms.py $(ARGS)
 	$(PY) benchmarks/bench_bn_variants.py $(ARGS)
 	$(PY) benchmarks/bench_fold.py $(ARGS)
+
+# The screenshots in docs/ of the shipped reports' HTML pages, by headless Chromium (apt-get install chromium).
+report-png: $(VENV)/.installed
+	$(PY) -m normlab.lab.browser docs/report/report.html docs/report.png
+	$(PY) -m normlab.lab.browser docs/report-full/report.html docs/report-full.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,4 +1,4 @@
-"""Verdicts of init-robustness, regularization, placement, small-batches and ghost-batches on synthetic results.
+"""Verdicts of regularization and small-batches on synthetic results.
 
 Each claim's summarize + verdict is fed runs whose numbers are chosen here, so the
 expected figures and verdicts are known: a clear effect (reproduced), its absence or
@@ -11,11 +11,9 @@ import math
 import pytest
 
 from normlab.lab.claims import CLAIMS, PROFILES, Run
-from normlab.lab.claims import ghost_batches, init_robustness, placement
 from test_claims import verdict_of
 
-from normlab.lab import stats
-from normlab.lab.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, decide
+from normlab.lab.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 
 
 def result(test, train=1.0, diverged=None, step=(0, 100), curve=None):
@@ -44,42 +42,6 @@ def judge(claim, outcome):
     return figures, verdict_of(CLAIMS[claim], figures)
 
 
-# --- init-robustness -------------------------------------------------------------------
-
-
-def test_init_robustness_sensitivity():
-    def outcome(c, bn_worst=0.5, plain_worst=None):
-        jitter = 0.01 * c.seed
-        if c.model.norm == "bn":
-            return result(0.6 + jitter if c.model.init_scale != 100 else bn_worst)
-        if plain_worst is not None:  # the plain network trains at every scale, worst at 100
-            return result(0.5 + jitter if c.model.init_scale != 100 else plain_worst[c.seed])
-        if c.model.init_scale == 1:
-            return result(0.5 + jitter)
-        if c.model.init_scale == 100:  # diverged: its NaN remains score 0, counted at chance
-            return result(0.0, diverged={"step": 3, "reason": "the training loss is nan"})
-        return result(0.1)
-
-    f, v = judge("init-robustness", outcome)
-    expected = [(0.1 + 0.01 * s) / (0.5 + 0.01 * s) for s in range(3)]  # (best - worst) / (best - chance)
-    assert f["sensitivity (best - worst) / (best - chance), BN"]["values"] == pytest.approx(expected)
-    assert f["sensitivity (best - worst) / (best - chance), no BN"]["values"] == pytest.approx([1.0, 1.0, 1.0])
-    assert f["range of final test accuracy (best - worst), no BN"]["values"] == pytest.approx([0.4, 0.41, 0.42])
-    assert f["runs that diverged, no BN"] == 3 and f["runs that diverged, BN"] == 0
-    assert v.verdict == REPRODUCED, v.explanation
-    # BN's worst scale at chance, like the plain network's: not less sensitive
-    assert judge("init-robustness", lambda c: outcome(c, bn_worst=0.1))[1].verdict == NOT_REPRODUCED
-    # a plain network whose sensitivity (0.1, 0.5, 0.3) straddles BN's (about 0.22)
-    f, v = judge("init-robustness", lambda c: outcome(c, plain_worst=(0.46, 0.305, 0.394)))
-    assert f["sensitivity (best - worst) / (best - chance), no BN"]["values"] == pytest.approx([0.1, 0.5, 0.3])
-    assert v.verdict == INCONCLUSIVE, v.explanation
-
-
-def test_init_robustness_sensitivity_function():
-    assert init_robustness.sensitivity(0.6, 0.35, 0.1) == pytest.approx(0.5)
-    assert init_robustness.sensitivity(0.1, 0.05, 0.1) == 1.0  # learns nothing at any scale
-
-
 # --- regularization --------------------------------------------------------------------
 
 
@@ -99,38 +61,6 @@ def test_regularization_two_parts():
     # dropout's gain on top of BN within the seeds' noise
     f, v = judge("regularization", lambda c: outcome(c, both_test=0.45 + (0.04, -0.03, 0.02)[c.seed]))
     assert v.verdict == INCONCLUSIVE, v.explanation
-
-
-# --- placement -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "after, before, words",
-    [
-        ([0.70, 0.71, 0.72], [0.60, 0.61, 0.62], "after is better"),
-        ([0.60, 0.61, 0.62], [0.70, 0.71, 0.72], "before is better"),
-        ([0.650, 0.652, 0.651], [0.651, 0.650, 0.652], "no meaningful difference"),
-        ([0.600, 0.607, 0.614], [0.605, 0.612, 0.619], "after is not better"),  # before better by 0.5 pp +- 1.2
-        ([0.60, 0.70, 0.65], [0.64, 0.66, 0.65], "unclear"),
-    ],
-)
-def test_placement_finding_words(after, before, words):
-    part = decide(stats.compare(after, before, what="d", smallest=placement.MEANINGFUL)).parts[0]
-    assert placement.finding(part) == words, part.text()
-
-
-def test_placement_verdict():
-    def outcome(c, relu_after=0.70, sigmoid_after=0.70):
-        after = {"relu": relu_after, "sigmoid": sigmoid_after}[c.model.activation]
-        return result((after if c.model.placement == "after" else 0.60) + 0.001 * c.seed)
-
-    _, v = judge("placement", outcome)
-    words = placement.findings(v)
-    assert words["finding, ReLU"] == words["finding, sigmoid"] == "after is better" and v.verdict == REPRODUCED
-    _, v = judge("placement", lambda c: outcome(c, relu_after=0.603))
-    assert placement.findings(v)["finding, ReLU"] == "no meaningful difference" and v.verdict == NOT_REPRODUCED
-    _, v = judge("placement", lambda c: outcome(c, sigmoid_after=0.50))
-    assert placement.findings(v)["finding, sigmoid"] == "before is better" and v.verdict == NOT_REPRODUCED
 
 
 # --- small-batches ---------------------------------------------------------------------
@@ -166,24 +96,3 @@ def test_small_batches_parts():
     # Renorm's gain within the noise
     f, v = judge("small-batches", lambda c: outcome(c, renorm_at_2=(0.40, 0.50, 0.42)[c.seed]))
     assert v.verdict == INCONCLUSIVE, v.explanation
-
-
-# --- ghost-batches ---------------------------------------------------------------------
-
-
-def test_ghost_batches_parts():
-    def outcome(c, small=0.50, large=0.45, ghost=0.49):
-        steps = list(range(0, c.steps + 1, c.eval_every))
-        final = {("bn", ghost_batches.SMALL): small, ("bn", ghost_batches.LARGE): large, ("ghost", ghost_batches.LARGE): ghost}
-        test = final[c.model.norm, c.batch_size] + 0.002 * c.seed
-        return result(test, step=steps, curve=[0.1] + [test - 0.05] + [test] * (len(steps) - 2))
-
-    f, v = judge("ghost-batches", outcome)
-    assert f["gap (small - large batch, BN)"] == pytest.approx(0.05)
-    assert f["fraction of the gap ghost BN closes"] == pytest.approx(0.8)
-    assert f[f"test accuracy at the small batch's epochs (not judged), large batch ({ghost_batches.LARGE}), BN"]["mean"] == pytest.approx(0.402)
-    assert v.verdict == REPRODUCED, v.explanation
-    # no gap to narrow: the large batch is better than the small one
-    assert judge("ghost-batches", lambda c: outcome(c, large=0.52, ghost=0.54))[1].verdict == NOT_REPRODUCED
-    # ghost BN does not help
-    assert judge("ghost-batches", lambda c: outcome(c, ghost=0.44))[1].verdict == NOT_REPRODUCED

@@ -371,18 +371,31 @@ def test_mnist1d_is_generated_once_and_cached(tmp_path, monkeypatch):
     assert (third.x_test == first.x_test).all()
 
 
-def test_mnist1d_test_split_at_other_lengths(mnist1d):
-    """The same test signals, resampled: exactly the test split at 40 points, the same labels at any length."""
+def test_embedded_puts_each_sequence_intact_at_its_offset_and_noise_elsewhere():
     import torch
 
-    x, y = data.mnist1d_test_at(40)
-    assert torch.equal(x, mnist1d.x_test) and torch.equal(y, mnist1d.y_test)
-    longer, labels = data.mnist1d_test_at(60)
-    assert longer.shape == (1000, 1, 60) and torch.equal(labels, mnist1d.y_test)
-    # resampling keeps each signal: its values at the shared end points agree (up to the generator standardizing
-    # each length by its own mean and spread, a 0.2% difference), and the scale is the same
-    np.testing.assert_allclose(longer[:, 0, 0], x[:, 0, 0], rtol=0.01, atol=0.01)
-    np.testing.assert_allclose(longer[:, 0, -1], x[:, 0, -1], rtol=0.01, atol=0.01)
-    assert abs(float(longer.std()) - float(x.std())) < 0.05
-    with pytest.raises(ValueError, match="length must be an int of at least 2"):
-        data.mnist1d_test_at(1)
+    x = torch.arange(1.0, 2 * 3 * 4 + 1).view(2, 3, 4)  # 2 sequences of 4 steps of 3 values, no zeros
+    longer, offsets = data.embedded(x, 10, seed=5, noise=0.0)
+    assert longer.shape == (2, 3, 10) and ((0 <= offsets) & (offsets <= 6)).all()
+    for i, o in enumerate(offsets.tolist()):
+        assert torch.equal(longer[i, :, o : o + 4], x[i])
+        outside = torch.cat([longer[i, :, :o], longer[i, :, o + 4 :]], 1)
+        assert torch.equal(outside, torch.zeros(3, 6))  # noise 0: nothing but the pattern
+    noisy, same_offsets = data.embedded(x, 10, seed=5)
+    assert torch.equal(same_offsets, offsets)  # the seed fixes the offsets, whatever the noise's size
+    for i, o in enumerate(offsets.tolist()):
+        assert torch.equal(noisy[i, :, o : o + 4], x[i])
+    again, _ = data.embedded(x, 10, seed=5)
+    assert torch.equal(again, noisy)
+    # the noise: standard normal by default, scaled by `noise`
+    big, at = data.embedded(torch.zeros(2000, 1, 4), 44, seed=1, noise=2.0)
+    mask = torch.ones_like(big, dtype=torch.bool)
+    mask.scatter_(2, (at[:, None] + torch.arange(4))[:, None, :], False)
+    assert abs(float(big[mask].std()) - 2.0) < 0.02 and abs(float(big[mask].mean())) < 0.02
+    assert set(at.tolist()) == set(range(41))  # every offset 0 .. 40 occurs
+    # at the sequences' own length, the sequences themselves
+    assert torch.equal(data.embedded(x, 4, seed=3)[0], x)
+    with pytest.raises(ValueError, match="length must be an int of at least the sequences' 4 steps"):
+        data.embedded(x, 3)
+    with pytest.raises(ValueError, match=r"expected sequences of shape \(N, C, L\)"):
+        data.embedded(x[0], 8)

@@ -72,6 +72,17 @@ def test_a_member_does_not_depend_on_its_group(name):
     assert alone["test_accuracy"] != without_timing(train.train(others[1], ds))["test_accuracy"]
 
 
+def test_initialization_schemes_train_in_one_group():
+    """Runs that differ in their initialization scheme stack too, each member as it trains alone."""
+    ds = synthetic()
+    runs = [config("mlp-bn", seed=s, model_init=init) for s in (0, 1) for init in ("torch", "lecun", "glorot", "he")]
+    assert len({train.group_key(c) for c in runs}) == 1
+    together = train.train_group(runs, ds)
+    for c, r in zip(runs[:5:3], together[:5:3]):
+        assert without_timing(r) == without_timing(train.train(c, ds))
+    assert together[0]["test_accuracy"] != together[1]["test_accuracy"] or together[0]["train_loss"] != together[1]["train_loss"]
+
+
 def close(a, b, what, rel=1e-4, abs_=1e-5):
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     assert a.shape == b.shape, what
@@ -87,6 +98,7 @@ def test_a_member_equals_its_separate_run_up_to_rounding(name):
     close(mine["train_loss"][1:], plain["train_loss"][1:], "train_loss")
     # accuracies count samples: one may flip on a rounding difference
     close(mine["test_accuracy"], plain["test_accuracy"], "test_accuracy", rel=0, abs_=1.5 / len(ds.y_test))
+    close(mine["val_accuracy"], plain["val_accuracy"], "val_accuracy", rel=0, abs_=1.5 / len(ds.y_val))
     close(mine["final_train_accuracy"], plain["final_train_accuracy"], "train accuracy", rel=0, abs_=1.5 / len(ds.y_train))
     for probe in c.probes:
         close(mine["probes"][probe], plain["probes"][probe], probe, abs_=1e-4)
@@ -137,6 +149,7 @@ def test_a_diverging_member_ends_alone_and_changes_nobody():
     assert ("not finite" in plain["diverged"]["reason"]) == ("not finite" in results[1]["diverged"]["reason"])
     assert results[1]["step"] == plain["step"] and results[1]["step"][-1] < results[1]["diverged"]["step"]
     assert results[1]["final_test_accuracy"] == pytest.approx(plain["final_test_accuracy"], abs=1.5 / len(ds.y_test))
+    assert results[1]["final_val_accuracy"] == pytest.approx(plain["final_val_accuracy"], abs=1.5 / len(ds.y_val))
 
 
 def test_members_go_back_into_plain_models():
@@ -154,5 +167,5 @@ def test_what_cannot_be_stacked():
         stacked.stack([nn.Conv1d(2, 3, 3, stride=2)] * 2)
     with pytest.raises(stacked.NotStackable, match="no stacked form of LSTM"):
         stacked.stack([nn.LSTM(2, 3)])
-    with pytest.raises(ValueError, match="may differ only in their seed and model.init_scale"):
+    with pytest.raises(ValueError, match="may differ only in their seed, model.init and model.init_scale"):
         train.train_group([config("mlp"), config("mlp", lr=0.5)], synthetic())

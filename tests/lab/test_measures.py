@@ -74,20 +74,74 @@ def test_smoothness_along_the_gradient():
     params = list(step.model.parameters())
     loss, g = loss_at(step.model, step, rng)
     flat = torch.cat([x.flatten() for x in g])
-    expected = {"loss_along": [], "gradient_change": [], "beta": []}
+    weights = {id(m.weight) for m in step.model.modules() if isinstance(m, nn.Linear)}
+    scale = [p.detach().norm() if id(p) in weights else torch.tensor(1.0) for p in params]
+    relative = torch.cat([(s * x).flatten() for s, x in zip(scale, g)])  # the gradient in the layers' units
+    expected = {"loss_along": [], "gradient_change": [], "beta": [], "beta_relative": []}
     for multiple in ETA_MULTIPLES:
         eta = multiple * 0.1
         moved_loss, moved_g = loss_at(step.model, step, rng, params, [p.detach() - eta * gp for p, gp in zip(params, g)])
         change = (torch.cat([x.flatten() for x in moved_g]) - flat).norm().item()
+        change_relative = (torch.cat([(s * x).flatten() for s, x in zip(scale, moved_g)]) - relative).norm().item()
+        distance_relative = eta * torch.cat([(x / s).flatten() for s, x in zip(scale, g)]).norm().item()
         expected["loss_along"].append(moved_loss.item())
         expected["gradient_change"].append(change)
         expected["beta"].append(change / (eta * flat.norm().item()))
+        expected["beta_relative"].append(change_relative / distance_relative)
     torch.set_rng_state(rng)
     got = MEASURES["smoothness"].fn(step)
     assert got["loss"] == pytest.approx(loss.item()) and got["gradient_norm"] == pytest.approx(flat.norm().item())
     assert got["eta"] == pytest.approx([m * 0.1 for m in ETA_MULTIPLES])
     for key, values in expected.items():
         np.testing.assert_allclose(got[key], values, rtol=1e-4)
+
+
+class _Stub:
+    """What the smoothness measure reads of a TrainingStep, around the loss ``loss_of(W)`` of one
+    bias-free linear layer's weight ``W``."""
+
+    def __init__(self, w, loss_of, lr):
+        self.model = nn.Linear(w.shape[1], w.shape[0], bias=False)
+        with torch.no_grad():
+            self.model.weight.copy_(w)
+        self.loss_of, self.config = loss_of, RunConfig(SPEC, lr=lr)
+
+    def trained(self):
+        return [self.model.weight]
+
+    def loss(self):
+        return self.loss_of(self.model.weight)
+
+
+def test_smoothness_of_a_quadratic_by_hand():
+    # L(W) = 1/2 sum a_i W_i^2 at W = (1, 1, 1), a = (1, 2, 3): g = (1, 2, 3), and a step -eta g changes
+    # the gradient by -eta (1, 4, 9): beta = sqrt(98) / sqrt(14) = sqrt(7) at every step size; in the
+    # layer's units (||W||^2 = 3) 3 sqrt(7); the loss along it is 1/2 sum a_i (1 - eta a_i)^2
+    a = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
+    got = MEASURES["smoothness"].fn(_Stub(torch.ones(1, 3), lambda w: 0.5 * (a * w.double() ** 2).sum(), lr=0.1))
+    assert got["loss"] == pytest.approx(3.0) and got["gradient_norm"] == pytest.approx(14**0.5)
+    np.testing.assert_allclose(got["beta"], [7**0.5] * len(ETA_MULTIPLES), rtol=1e-6)
+    np.testing.assert_allclose(got["beta_relative"], [3 * 7**0.5] * len(ETA_MULTIPLES), rtol=1e-6)
+    np.testing.assert_allclose(got["gradient_change"], [e * 98**0.5 for e in got["eta"]], rtol=1e-6)
+    np.testing.assert_allclose(got["loss_along"], [0.5 * float((a * (1 - e * a) ** 2).sum()) for e in got["eta"]], rtol=1e-6)
+
+
+def test_relative_smoothness_is_invariant_to_the_scale_batch_norm_removes():
+    # f(W) = L(W / ||W||) is invariant to the scale of W, as the loss is to the weight before a batch norm.
+    # At c W with learning rate c^2 eta, the step lands on c times the point it lands on from W: the same
+    # landscape travelled the same way. The raw beta is then c^2 times smaller; the relative one equal.
+    a = torch.tensor([[1.0, 2.0, 3.0, 5.0]], dtype=torch.float64)
+
+    def f(w):
+        u = w.double() / w.double().norm()
+        return (a * u**2).sum() + u.sum() ** 3
+
+    w = torch.tensor([[0.3, -1.0, 0.6, 0.2]])
+    c = 4.0
+    here, scaled = (MEASURES["smoothness"].fn(_Stub(s * w, f, lr=s**2 * 0.05)) for s in (1.0, c))
+    np.testing.assert_allclose(scaled["beta"], np.array(here["beta"]) / c**2, rtol=1e-4)
+    np.testing.assert_allclose(scaled["beta_relative"], here["beta_relative"], rtol=1e-4)
+    np.testing.assert_allclose(scaled["loss_along"], here["loss_along"], rtol=1e-5)
 
 
 def test_batch_statistics_accuracy():
@@ -227,8 +281,26 @@ def test_bad_measures_and_trainable(mnist1d):
         train.train(RunConfig(ModelSpec("mlp", 1, 4), steps=2, trainable="norm"), mnist1d)
     with pytest.raises(ValueError, match="at must be 'logs' or 'end'"):
         measures.measure("x", at="start")
-    with pytest.raises(ValueError, match="needs the mnist1d dataset"):
-        MEASURES["longer_sequences"].fn(a_step())
+    step = a_step()
+    images = synthetic(length=16)
+    images = Dataset("images", *(t.view(len(t), 1, 4, 4) if t.dim() == 3 else t for t in (images.x_train, images.y_train, images.x_test, images.y_test)),
+                     images.classes, x_val=images.x_val, y_val=images.y_val)
+    with pytest.raises(ValueError, match=r"needs sequences \(C, L\), got samples of shape \(1, 4, 4\)"):
+        MEASURES["longer_sequences"].fn(TrainingStep(0, step.model, step.optimizer, step.x, step.y, step.config, images))
+
+
+def test_longer_sequences_tests_on_the_test_split_embedded_in_noise():
+    """At the training length the plain test accuracy; longer, the accuracy on data.embedded's sequences (seed 0)."""
+    from normlab.lab import data
+
+    step = a_step(ModelSpec("rnn", 1, 6, "tanh", "ln"))
+    ds = step.dataset
+    assert measures.sequence_lengths(40) == (40, 60, 80) and measures.sequence_lengths(10) == (10, 15, 20)
+    out = MEASURES["longer_sequences"].fn(step)
+    assert list(out) == ["10", "15", "20"]
+    assert out["10"] == train.accuracy(step.model, ds.x_test, ds.y_test)
+    for n in (15, 20):
+        assert out[str(n)] == train.accuracy(step.model, data.embedded(ds.x_test, n, seed=0)[0], ds.y_test)
 
 
 def test_gammas_lists_every_normalization_scale():

@@ -412,7 +412,7 @@ def test_per_layer_widths_and_rates():
         ({"kind": "cnn", "width": (4, 4, 4), "final_width": 8}, r"with one width per block, the last one is the tuple's"),
         ({"head": "softplus"}, r"head must be one of \['sigmoid', 'softmax'\]"),
         ({"kernel_l2": -0.1}, r"kernel_l2 must be non-negative"),
-        ({"init": "he"}, r"init must be 'torch' or 'glorot'"),
+        ({"init": "kaiming"}, r"init must be one of \['glorot', 'he', 'lecun', 'torch'\]"),
         ({"norm_eps": 0.0}, r"norm_eps must be positive and finite"),
         ({"norm_eps": float("nan")}, r"norm_eps must be positive and finite"),
     ],
@@ -549,3 +549,35 @@ def test_the_tutorials_network_trains_on_binary_cifar10_files(tmp_path):
         optimizer.step()
         losses.append(objective.item())
     assert result["train_loss"][1] == pytest.approx(np.mean(losses), rel=1e-5)
+
+
+@pytest.mark.parametrize("init, variance", [
+    ("torch", lambda fan_in, fan_out: 1 / (3 * fan_in)),  # torch's own: U(+-1/sqrt(fan_in))
+    ("lecun", lambda fan_in, fan_out: 1 / fan_in),
+    ("glorot", lambda fan_in, fan_out: 2 / (fan_in + fan_out)),  # U(+-sqrt(6/(fan_in+fan_out))): bound^2 / 3
+    ("he", lambda fan_in, fan_out: 2 / fan_in),
+])
+def test_init_schemes_draw_the_weights_their_papers_define(init, variance):
+    """Each scheme's weight variance from its formula, on a wide layer (400 x 300) and a convolution
+    (fan_in = channels x kernel); biases start at 0 except under torch's own; init_scale multiplies after."""
+    torch.manual_seed(0)
+    model = build(ModelSpec("mlp", 1, 300, "relu", init=init), (1, 400), 200)
+    hidden, classifier = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    for layer, (fan_in, fan_out) in ((hidden, (400, 300)), (classifier, (300, 200))):
+        w = layer.weight.detach().double()
+        assert float(w.var()) == pytest.approx(variance(fan_in, fan_out), rel=0.03)
+        assert abs(float(w.mean())) < 0.003
+        if init == "torch":
+            bound = float(layer.bias.detach().abs().max())
+            assert 0.5 / fan_in**0.5 < bound <= 1 / fan_in**0.5
+        else:
+            assert not layer.bias.detach().any()
+    if init in ("lecun", "he"):  # normal: about 4.6% of draws beyond two standard deviations, none for a uniform
+        beyond = (hidden.weight.abs() > 2 * variance(400, 300) ** 0.5).double().mean()
+        assert float(beyond) == pytest.approx(0.0455, abs=0.005)
+    conv = [m for m in build(ModelSpec("cnn", 1, 64, "relu", init=init, final_width=64), (32, 40), 10).modules() if isinstance(m, nn.Conv1d)][1]
+    assert float(conv.weight.detach().double().var()) == pytest.approx(variance(64 * 3, 64 * 3), rel=0.1)
+    torch.manual_seed(0)
+    scaled = build(ModelSpec("mlp", 1, 300, "relu", init=init, init_scale=10.0), (1, 400), 200)
+    assert torch.allclose(scaled[1].weight, 10 * hidden.weight)
+

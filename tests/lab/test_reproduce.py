@@ -21,8 +21,8 @@ from normlab.lab.train import RunConfig
 CONFIGS = [RunConfig(ModelSpec("mlp", 1, 16, "relu", norm), steps=20, eval_every=10, seed=s) for norm in ("none", "bn") for s in (0, 1)]
 
 
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "normlab", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+def cli(*args, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "normlab", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def without_timing(doc):
@@ -103,17 +103,21 @@ def test_resume_after_a_kill(tmp_path):
 def test_cli_end_to_end(tmp_path):
     """All claims on the tiny profile, two worker processes: the table, the report, results.json."""
     out = tmp_path / "report"
-    run = cli("reproduce", "--profile", "tiny", "--out", str(out), "--jobs", "2")
+    run = cli("reproduce", "--profile", "tiny", "--out", str(out), "--jobs", "2", timeout=1200)  # a minute on idle cores
     assert run.returncode == 0, run.stderr
-    for name in CLAIMS:
-        assert any(line.split(None, 1)[0] == name and line.split(None, 1)[1].startswith(("reproduced", "inconclusive", "not reproduced"))
-                   for line in run.stdout.splitlines() if line.strip()), run.stdout
+    rows = {line.split()[0]: line.split(None, 1)[1] for line in run.stdout.splitlines() if line.split() and line.split()[0] in CLAIMS}
+    assert set(rows) == set(CLAIMS), run.stdout
+    assert all(row.startswith(("reproduced", "not reproduced", "inconclusive")) and row.endswith("round 1 of 1") for row in rows.values())
+    assert "Smoke test: the tiny profile" in run.stdout and "Its verdicts mean nothing" in run.stdout
     assert "runs to train" in run.stderr and "2 at a time" in run.stderr
     doc = json.loads((out / "results.json").read_text())
     assert doc["profile"] == {"name": "tiny", "rounds": [2], "data": "mnist1d", "seed_offset": 0}
     assert doc["versions"]["torch"] and doc["versions"]["mnist1d"] and len(doc["claims"]) == len(CLAIMS)
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == len(CLAIMS) and "http" not in html.replace("http-equiv", "")
+    assert html.count("data:image/png;base64,") == len(CLAIMS)
+    assert not any(tag in html for tag in ('src="http', "<link", "<script")), "the page loads nothing from outside"
+    assert html.index('class="smoke"') < html.index('class="headline"') < html.index("<h2>Every claim")
+    assert '<section id="references">' in html and "Ioffe, S., &amp; Szegedy, C. (2015)" in html
     for c in doc["claims"]:
         assert c["criterion"] in html.replace("&#x27;", "'") and f'class="{c["verdict"].replace(" ", "-")}"' in html
     md = (out / "report.md").read_text()
@@ -173,8 +177,7 @@ def test_reproduce_on_an_image_folder_skips_what_cannot_run(tmp_path):
     assert "skipping recurrent: its networks cannot train on" in run.stderr and "an rnn reads samples" in run.stderr
     assert "skipping saturating-activations:" in run.stderr and "pool samples of shape (1, 6, 6) to nothing" in run.stderr
     lines = {line.split()[0]: line for line in run.stdout.splitlines() if line.split() and line.split()[0] in claims}
-    verdict, why = lines["recurrent"].split(None, 2)[1:]  # the table's columns: claim, verdict, seeds (or the reason)
-    assert verdict == "skipped" and why.startswith("its networks cannot train on this data: ModelSpec: an rnn")
+    assert lines["recurrent"].split(None, 1)[1].startswith("skipped: its networks cannot train on this data: ModelSpec: an rnn")
     assert lines["faster-training"].split(None, 1)[1].startswith(("reproduced", "inconclusive", "not reproduced"))
     doc = json.loads((out / "results.json").read_text())
     verdicts = {c["name"]: c for c in doc["claims"]}
@@ -182,7 +185,8 @@ def test_reproduce_on_an_image_folder_skips_what_cannot_run(tmp_path):
     assert all(r["config"]["model"]["kind"] == "mlp" for r in doc["runs"].values())  # only faster-training's were trained
     md = (out / "report.md").read_text()
     assert "**skipped**: its networks cannot train on this data: ModelSpec: an rnn reads" in md
-    row = next(line for line in md.splitlines() if line.startswith("| [recurrent]"))
+    headline, row = [line for line in md.splitlines() if line.startswith("| [recurrent]")]  # the headline's, the table's
+    assert "| **skipped** | its networks cannot train on this data" in headline
     assert "| its networks cannot train on this data: ModelSpec: an rnn reads" in row and row.endswith("| **skipped** |")
     assert "(plots/faster-training.png)" in md and "plots/recurrent.png" not in md
     html = (out / "report.html").read_text()

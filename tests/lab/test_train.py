@@ -38,6 +38,10 @@ def test_history(mnist1d):
     assert r["step"] == [0, 10, 20, 25]
     assert r["train_loss"][0] is None and all(0 < x < 5 for x in r["train_loss"][1:])
     assert len(r["test_accuracy"]) == 4 and r["final_test_accuracy"] == r["test_accuracy"][-1]
+    # the validation split is logged beside the test split: other samples, counted the same way
+    assert len(r["val_accuracy"]) == 4 and r["final_val_accuracy"] == r["val_accuracy"][-1]
+    assert r["val_samples"] == len(mnist1d.y_val) == 1000 and r["val_accuracy"] != r["test_accuracy"]
+    assert all(abs(a * 1000 - round(a * 1000)) < 1e-9 for a in r["val_accuracy"])
     assert r["diverged"] is None and r["classes"] == 10
     p = np.asarray(r["probes"]["last_activation_input"])
     assert p.shape == (4, 10, 3) and (p[:, :, 0] <= p[:, :, 1]).all() and (p[:, :, 1] <= p[:, :, 2]).all()
@@ -124,7 +128,8 @@ def test_train_subset_and_final_train_accuracy(mnist1d, monkeypatch):
     x, y, (value,) = calls[-1]
     assert torch.equal(x, mnist1d.x_train[:40]) and torch.equal(y, mnist1d.y_train[:40])
     assert r["final_train_accuracy"] == value and 0 < value <= 1
-    assert all(torch.equal(c[0], mnist1d.x_test) for c in calls[:-1])
+    # before it, at each of the 3 logs, the validation split and the test split
+    assert [c[0].data_ptr() for c in calls[:-1]] == [mnist1d.x_val.data_ptr(), mnist1d.x_test.data_ptr()] * 3
     # the run is the run of a dataset whose training split is those 40 samples
     from dataclasses import replace
 

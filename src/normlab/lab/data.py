@@ -31,8 +31,8 @@ numbers, labels that are integers, one per sample, within the format's classes, 
 least two classes. Anything else raises :class:`DataError` naming the file and what is
 wrong; so does a missing or corrupt file. Nothing is downloaded.
 
-:func:`mnist1d_test_at` gives MNIST-1D's test signals at another length (longer
-sequences for recurrent models), standardized like the dataset ``load`` returns.
+:func:`embedded` places sequences intact at random offsets inside longer ones of noise
+(longer test sequences for recurrent models).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ import torch
 
 from .._atomic import atomic_write
 
-__all__ = ["Dataset", "DataError", "load", "mnist1d_test_at", "cache_dir", "read_idx", "read_cifar", "EMBEDDED"]
+__all__ = ["Dataset", "DataError", "load", "embedded", "cache_dir", "read_idx", "read_cifar", "EMBEDDED"]
 
 EMBEDDED = ("mnist1d", "digits")  # the datasets ``load`` knows by name; anything else is a folder
 
@@ -243,23 +243,31 @@ def _mnist1d_splits() -> tuple[_Split, _Split, _Split]:
     )
 
 
-def mnist1d_test_at(length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST-1D's test split generated with ``final_seq_length=length``: ``(x (N, 1, length), y)``.
+def embedded(x: torch.Tensor, length: int, seed: int = 0, noise: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sequences ``x`` ``(N, C, L)``, each intact at a random offset inside a longer one of noise.
 
-    The generator draws the same random numbers at any length and only resamples each
-    signal at the end, so these are the test signals of ``load("mnist1d")`` at another
-    resolution (40 gives them exactly; at other lengths the generator's own
-    standardization of the whole set differs by a fraction of a percent). They are
-    standardized with the statistics of the 40-point training split, as ``load``
-    standardizes its test split.
+    Returns ``(longer (N, C, length), offsets (N,))``: sample ``i`` is Gaussian noise of
+    standard deviation ``noise`` (1: the spread of the lab's standardized data) at every
+    step but ``offsets[i] .. offsets[i] + L - 1``, where it is ``x[i]`` unchanged. The
+    offsets are uniform over ``0 .. length - L``, and offsets and noise come from a
+    generator seeded with ``seed``: the same inputs give the same sequences every time.
+    At ``length == L`` that is ``x`` itself. A model trained on ``x``'s length and tested
+    on these must find the pattern it knows among steps it has never seen: length
+    generalization, with the pattern itself unchanged (not stretched in time).
     """
-    if not isinstance(length, int) or length < 2:
-        raise ValueError(f"mnist1d_test_at: length must be an int of at least 2, got {length!r}")
-    x = np.asarray(_mnist1d()[0][0], np.float32)
-    _, _, x_test, y_test = _mnist1d(final_seq_length=length)[0]
-    mean, std = x.mean(), x.std() + 1e-8  # as load computes them, over the one channel
-    x_test = (np.asarray(x_test, np.float32)[:, None, :] - mean) / std
-    return torch.from_numpy(x_test), torch.from_numpy(np.asarray(y_test, np.int64))
+    if x.dim() != 3:
+        raise ValueError(f"embedded: expected sequences of shape (N, C, L), got {tuple(x.shape)}")
+    n, channels, steps = x.shape
+    if not isinstance(length, int) or length < steps:
+        raise ValueError(f"embedded: length must be an int of at least the sequences' {steps} steps, got {length!r}")
+    if not noise >= 0:
+        raise ValueError(f"embedded: noise must be a non-negative standard deviation, got {noise}")
+    generator = torch.Generator().manual_seed(seed)
+    offsets = torch.randint(0, length - steps + 1, (n,), generator=generator)
+    out = noise * torch.randn(n, channels, length, generator=generator, dtype=x.dtype)
+    positions = offsets[:, None] + torch.arange(steps)  # (N, L): where each sample's steps go
+    out.scatter_(2, positions[:, None, :].expand(n, channels, steps), x)
+    return out, offsets
 
 
 def _mnist1d(**changes) -> tuple[tuple[np.ndarray, ...], str]:

@@ -15,7 +15,7 @@ The measures here:
 * ``ics``: internal covariate shift by Santurkar et al. 2018's Definition 2.1;
 * ``smoothness``: the loss landscape along the gradient (Santurkar et al. Sec. 3.1);
 * ``inference_statistics``: test accuracy under each kind of normalization statistics;
-* ``longer_sequences``: test accuracy on MNIST-1D resampled to longer sequences;
+* ``longer_sequences``: test accuracy on the test sequences embedded in longer ones of noise;
 * ``gammas``: the normalizations' scales at the end.
 """
 
@@ -38,7 +38,10 @@ from .models import WEIGHTED
 if TYPE_CHECKING:
     from .train import RunConfig
 
-__all__ = ["MEASURES", "Measure", "TrainingStep", "measure", "ETA_MULTIPLES", "TEST_LENGTHS", "batch_statistics_accuracy"]
+__all__ = [
+    "MEASURES", "Measure", "TrainingStep", "measure", "ETA_MULTIPLES", "LENGTH_FACTORS", "sequence_lengths",
+    "batch_statistics_accuracy",
+]
 
 
 class Measure(NamedTuple):
@@ -125,49 +128,80 @@ def internal_covariate_shift(step: TrainingStep) -> dict:
     return out
 
 
-ETA_MULTIPLES = (0.25, 0.5, 1.0, 2.0, 4.0)  # the step sizes of `smoothness`, in units of the run's learning rate
+# The steps of `smoothness`, in units of the step training takes (learning rate x gradient): a
+# half-octave either side of it, so that the effective beta describes the landscape training moves
+# through and no step far smaller than training's decides the maximum.
+ETA_MULTIPLES = (2**-0.5, 1.0, 2**0.5)
 
 
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def layer_scales(model: nn.Module, params: list[nn.Parameter]) -> list[float]:
+    """The unit each parameter is measured in by the scale-invariant smoothness: the norm of a
+    linear or convolution layer's weight (1 where it is 0), 1 for every other parameter (biases, norms' scales and shifts)."""
+    weights = {id(m.weight) for m in model.modules() if isinstance(m, WEIGHTED)}
+    return [(p.detach().norm().item() or 1.0) if id(p) in weights else 1.0 for p in params]
+
+
 @measure("smoothness")
 def smoothness(step: TrainingStep) -> dict:
     """The loss landscape along the gradient ``g`` at ``w`` (Santurkar et al. 2018, Sec. 3.1, Fig. 4).
 
-    For each step size ``eta`` in :data:`ETA_MULTIPLES` times the run's learning rate:
-    the loss ``L(w - eta g)``, the gradient's change ``||g(w) - g(w - eta g)||``
-    ("gradient predictiveness": small when the gradient stays predictive), and their
-    ratio to the distance moved, ``||g(w) - g(w - eta g)|| / ||eta g||``, whose maximum
-    over the grid is the "effective beta-smoothness". All on this batch, with the
-    same randomness at every point; non-finite values are recorded as None.
+    For each step size ``eta`` in :data:`ETA_MULTIPLES` times the run's learning rate
+    (around the step SGD takes from ``w``): the loss ``L(w - eta g)``, the gradient's
+    change ``||g(w) - g(w - eta g)||`` ("gradient predictiveness": small when the
+    gradient stays predictive), and their ratio to the distance moved,
+    ``beta = ||g(w) - g(w - eta g)|| / ||eta g||``, whose maximum over the steps is
+    Santurkar et al.'s "effective beta-smoothness".
+
+    ``beta_relative`` is the same ratio in the scale-invariant form: every layer's
+    weight ``W_l`` measured in units of its norm (:func:`layer_scales`), the distance
+    ``sqrt(sum_l ||eta g_l||^2 / ||W_l||^2)`` and the gradient's change
+    ``sqrt(sum_l ||W_l||^2 ||dg_l||^2)``; for one layer, ``beta * ||W||^2``. Batch norm
+    makes the loss invariant to the scale of the weight before it, so that its raw
+    gradients scale as ``1 / ||W||`` and its raw beta as ``1 / ||W||^2``: a network whose
+    weights grew has a smaller raw beta on the same landscape. ``beta_relative`` does
+    not change when such a weight is rescaled (for a given distance in those units).
+
+    All on this batch, with the same randomness at every point; non-finite values are
+    recorded as None.
     """
     params = step.trained()
+    scales = torch.tensor(layer_scales(step.model, params), dtype=torch.float64)
     rng = torch.get_rng_state()
 
     def loss_and_gradient():
         torch.set_rng_state(rng)
         loss = step.loss()
-        return loss.item(), torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+        return loss.item(), list(torch.autograd.grad(loss, params))
+
+    def norm(tensors, scale_power=0):
+        """``sqrt(sum_l s_l^(2 scale_power) ||t_l||^2)``: plain (0), or in the layers' units (+1 for gradients, -1 for moves)."""
+        squares = torch.stack([t.detach().double().pow(2).sum() for t in tensors])
+        return float((squares * scales ** (2 * scale_power)).sum().sqrt())
 
     start = [p.detach().clone() for p in params]
     loss, g = loss_and_gradient()
-    norm = g.norm().item()
-    out = {"loss": _finite(loss), "gradient_norm": _finite(norm), "eta": [], "loss_along": [], "gradient_change": [], "beta": []}
+    g_norm, g_relative = norm(g), norm(g, -1)
+    out = {
+        "loss": _finite(loss), "gradient_norm": _finite(g_norm), "eta": [], "loss_along": [], "gradient_change": [],
+        "beta": [], "beta_relative": [],
+    }
     for multiple in ETA_MULTIPLES:
         eta = multiple * step.config.lr
         with torch.no_grad():
-            offset = 0
-            for p, w in zip(params, start):
-                p.copy_(w - eta * g[offset : offset + p.numel()].view_as(p))
-                offset += p.numel()
+            for p, w, gp in zip(params, start, g):
+                p.copy_(w - eta * gp)
         moved_loss, moved_g = loss_and_gradient()
-        change = (moved_g - g).norm().item()
+        dg = [a - b for a, b in zip(moved_g, g)]
+        change, change_relative = norm(dg), norm(dg, 1)
         out["eta"].append(eta)
         out["loss_along"].append(_finite(moved_loss))
         out["gradient_change"].append(_finite(change))
-        out["beta"].append(_finite(change / (eta * norm)) if norm > 0 else None)
+        out["beta"].append(_finite(change / (eta * g_norm)) if g_norm > 0 else None)
+        out["beta_relative"].append(_finite(change_relative / (eta * g_relative)) if g_relative > 0 else None)
     return out
 
 
@@ -228,18 +262,33 @@ def inference_statistics(step: TrainingStep) -> dict:
     return out
 
 
-TEST_LENGTHS = (40, 60, 80)  # MNIST-1D test sequences of `longer_sequences`: 40 is the training length
+LENGTH_FACTORS = (1, 1.5, 2)  # the test lengths of `longer_sequences`, in multiples of the training length
+EMBEDDING_SEED = 0  # the offsets and noise of the longer test sequences: the same for every run
 
 
-@measure("longer_sequences", at="end", data="mnist1d")
+def sequence_lengths(steps: int) -> tuple[int, ...]:
+    """The test sequence lengths of :func:`longer_sequences` for sequences of ``steps`` steps: 40, 60, 80 for MNIST-1D."""
+    return tuple(round(f * steps) for f in LENGTH_FACTORS)
+
+
+@measure("longer_sequences", at="end")
 def longer_sequences(step: TrainingStep) -> dict:
-    """Test accuracy on MNIST-1D's test signals generated at each length of :data:`TEST_LENGTHS`
-    (:func:`normlab.lab.data.mnist1d_test_at`: the same signals, resampled), keyed by length."""
+    """Test accuracy on the test sequences embedded in longer ones, keyed by length (:func:`sequence_lengths`).
+
+    Each test sequence is placed intact at a random offset inside a sequence of standard
+    normal noise (the lab's data is standardized: the noise has the data's spread),
+    :func:`normlab.lab.data.embedded`; at the training length that is the test split
+    itself. The offsets and the noise are the same for every run.
+    """
     from .train import accuracy
 
-    if step.dataset.name != "mnist1d":
-        raise ValueError(f"the longer_sequences measure needs the mnist1d dataset, got {step.dataset.name!r}")
-    return {str(n): accuracy(step.model, *datasets.mnist1d_test_at(n)) for n in TEST_LENGTHS}
+    ds = step.dataset
+    if len(ds.sample_shape) != 2:
+        raise ValueError(f"the longer_sequences measure needs sequences (C, L), got samples of shape {ds.sample_shape}")
+    return {
+        str(n): accuracy(step.model, datasets.embedded(ds.x_test, n, seed=EMBEDDING_SEED)[0], ds.y_test)
+        for n in sequence_lengths(ds.sample_shape[-1])
+    }
 
 
 @measure("gammas", at="end")

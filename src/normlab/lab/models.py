@@ -39,10 +39,10 @@ Normalizations are looked up by name in :data:`NORMS`, one table: adding a layer
 ``normlab.nn`` to the lab is one line there (``bn``, ``gn``, ``ln``, ``renorm``,
 ``ghost``; the constants above the table fix their options). A linear or convolution
 followed directly by a normalization has no bias (the normalization's shift replaces
-it) unless ``bias_before_norm``. Weights start as torch initializes them, or
-Glorot-uniform with zero biases (``init="glorot"``, Keras's); ``init_scale`` multiplies
-every linear and convolution layer's initial weights (the classifier's too), for sweeps
-over the initialization. ``ModelSpec(..., **KERAS)`` builds a network as Keras would,
+it) unless ``bias_before_norm``. ``init`` names how every linear and convolution layer's
+weights are drawn (the classifier's too), one of :data:`INITS`: as torch initializes
+them, or by LeCun's, Glorot's (Keras's) or He's scheme with zero biases; ``init_scale``
+then multiplies them, for sweeps over their scale. ``ModelSpec(..., **KERAS)`` builds a network as Keras would,
 with Keras's initialization and batch-norm defaults.
 
 ``spec.misfit(sample_shape, classes)`` says why a network cannot be built for some data
@@ -67,7 +67,7 @@ import normlab.nn as nlnn
 from torch.nn.modules.batchnorm import _NormBase as NormBase  # batch and instance norms: they have a momentum
 
 __all__ = [
-    "ModelSpec", "NORMS", "TIME_NORMS", "ACTIVATIONS", "HEADS", "WEIGHTED", "KERAS", "build", "macs",
+    "ModelSpec", "NORMS", "TIME_NORMS", "ACTIVATIONS", "INITS", "HEADS", "WEIGHTED", "KERAS", "build", "macs",
     "loss", "predict", "penalty", "RNN", "TimeStepBatchNorm", "ShiftingNoise", "as_dict", "later",
 ]
 
@@ -97,6 +97,16 @@ NORMS = {
 }
 
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+# The initialization schemes: name -> what draws a layer's weight (its bias then starts at 0), or None for
+# torch's default (weight and bias uniform in +-1/sqrt(fan_in): kaiming_uniform_ with a = sqrt(5)).
+# fan_in and fan_out are torch's: in and out features, times the kernel size for a convolution.
+INITS = {
+    "torch": None,
+    "lecun": lambda w: nn.init.kaiming_normal_(w, nonlinearity="linear"),  # N(0, 1/fan_in): LeCun et al. 1998
+    "glorot": nn.init.xavier_uniform_,  # U(+-sqrt(6/(fan_in + fan_out))): Glorot & Bengio 2010
+    "he": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),  # N(0, 2/fan_in): He et al. 2015
+}
 
 # the layers with weights (the "layers" of per-layer measurements; what trainable="norm" leaves frozen)
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -312,7 +322,7 @@ class ModelSpec:
     dense: tuple[int, ...] = later(())  # cnn: widths of hidden linear layers before the classifier
     head: str = later("softmax")  # a key of HEADS: "sigmoid" is one output for two classes
     kernel_l2: float = later(0.0)  # v of Keras's l2(v) on every hidden layer's kernel (see penalty)
-    init: str = later("torch")  # "torch": torch's initialization; "glorot": Glorot uniform, zero biases (Keras's)
+    init: str = later("torch")  # a key of INITS: "torch" (torch's own), "lecun", "glorot" (Keras's) or "he"
     norm_eps: float | None = later(None)  # eps of every normalization; None: each layer's default (1e-5)
     bias_before_norm: bool = later(False)  # keep the bias of a map a normalization follows (Keras's layers do)
 
@@ -334,7 +344,7 @@ class ModelSpec:
             (not (self.noise and self.kind == "rnn"), "noise is for kind 'mlp' or 'cnn', not 'rnn'"),
             (self.placement in ("before", "after"), f"placement must be 'before' or 'after', got {self.placement!r}"),
             (self.init_scale > 0, f"init_scale must be positive, got {self.init_scale}"),
-            (self.init in ("torch", "glorot"), f"init must be 'torch' or 'glorot', got {self.init!r}"),
+            (self.init in INITS, f"init must be one of {sorted(INITS)}, got {self.init!r}"),
             (self.head in HEADS, f"head must be one of {sorted(HEADS)}, got {self.head!r}"),
             (math.isfinite(self.kernel_l2) and self.kernel_l2 >= 0, f"kernel_l2 must be non-negative, got {self.kernel_l2}"),
             (self.kind == "cnn" or not cnn_only, "convs, pool_last and dense are for kind 'cnn'"),
@@ -430,10 +440,10 @@ def build(spec: ModelSpec, sample_shape: tuple[int, ...], classes: int) -> nn.Mo
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, WEIGHTED):
-                if spec.init == "glorot":
-                    nn.init.xavier_uniform_(m.weight)  # Keras's fans: in/out channels times the kernel size
+                if INITS[spec.init] is not None:
+                    INITS[spec.init](m.weight)
                     if m.bias is not None:
-                        nn.init.zeros_(m.bias)
+                        m.bias.zero_()
                 m.weight.mul_(spec.init_scale)
             if isinstance(m, NormBase):
                 m.momentum = spec.norm_momentum

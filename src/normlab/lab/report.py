@@ -1,14 +1,19 @@
 """The lab's report: ``report.md`` and a self-contained ``report.html``, both from ``results.json`` alone.
 
-At the top, one row per claim: the claim, its source, what was measured, the
-criterion (as declared in code before running), the figures (mean +- std over seeds),
+First the headline: each claim in one line, what it says, its verdict and the effect
+that decided it with its interval (:func:`headline`); a tiny-profile report says first
+that it is a smoke test whose verdicts mean nothing. Then one row per claim: the claim,
+its source, what was measured, the criterion (as declared in code before running), the
+figures (mean +- std over seeds),
 the verdict's arithmetic (each part's effect, its interval, the seeds and the margin,
 then its label) and the verdict. Below, a section per claim with its statement, the
 verdict and its plot. A claim skipped because its networks do not fit the data says
 why, in the table and in its section, and has no plot. A report whose runs were trained
 on another machine or software setup than the rest (:mod:`normlab.lab.fingerprint`)
-says so at the top. The HTML embeds the plots as base64 PNG; the Markdown links the
-same PNGs, written to ``plots/`` beside it. Every file is written atomically.
+says so at the top. Last, the references: the papers and the tutorial articles the claims
+come from (:mod:`normlab.lab.references`). The HTML embeds the plots as base64 PNG and
+loads nothing else; the Markdown links the same PNGs, written to ``plots/`` beside it.
+Every file is written atomically.
 
 ``python -m normlab.lab.report OUT/results.json`` rebuilds the report from the file;
 ``python -m normlab.lab.report A/results.json B/results.json`` prints the verdicts of
@@ -23,14 +28,22 @@ import json
 import pathlib
 import sys
 
+import math
+
 from . import plots
 from .._atomic import atomic_write
 from .claims import CLAIMS, Run
 from .claims.base import SKIPPED
-from .stats import Part, fmt
+from .references import ARTICLES, PAPERS
+from .stats import REPRODUCED, Part, fmt
 from .train import RunConfig
 
-__all__ = ["write", "table", "compare", "part_lines", "fingerprint_note"]
+__all__ = ["write", "table", "compare", "part_lines", "fingerprint_note", "headline", "SMOKE_TEST"]
+
+SMOKE_TEST = (
+    "Smoke test: the tiny profile trains 2 seeds per arm for a few steps, to check that every claim runs end to end. "
+    "Its verdicts mean nothing: verdicts come from the quick profile (normlab reproduce) or the full one."
+)
 
 COLUMNS = ("claim", "source", "measured", "criterion", "figures (mean ± std over seeds)", "the verdict's arithmetic", "verdict")
 
@@ -46,6 +59,42 @@ def figure_lines(figures: dict) -> list[str]:
         elif not isinstance(v, dict):
             lines.append(f"{label}: {fmt(v)}")
     return lines
+
+
+def _smoke(doc: dict) -> bool:
+    return doc["profile"]["name"] == "tiny"
+
+
+def deciding_part(claim: dict) -> dict | None:
+    """The part a claim's verdict rests on: of a reproduced claim the weakest part (the lowest
+    interval above its threshold), else the first part with the claim's verdict, else the first."""
+    parts = claim.get("parts") or []
+    same = [p for p in parts if p["verdict"] == claim["verdict"]] or parts
+    if not same:
+        return None
+    if claim["verdict"] == REPRODUCED:
+        return min(same, key=lambda p: (-math.inf if p["low"] is None else p["low"]) - p["threshold"])
+    return same[0]
+
+
+def effect_text(part: dict | None) -> str:
+    """``what: effect [low, high]`` (with the interval's level), or "" without a part."""
+    if part is None:
+        return ""
+    unit = f" {part['unit']}" if part.get("unit") else ""
+    if part["low"] is None or part["high"] is None:
+        return f"{part['what']}: {fmt(part['effect'])}{unit} (no interval)"
+    return f"{part['what']}: {fmt(part['effect'])}{unit}, {part['level']:.0%} interval [{fmt(part['low'])}, {fmt(part['high'])}]"
+
+
+def headline(doc: dict) -> list[tuple[str, str, str, str]]:
+    """Each claim in one line: ``(name, what it says, verdict, the deciding effect with its interval)``."""
+    rows = []
+    for c in doc["claims"]:
+        says = c.get("headline") or c["statement"]
+        effect = c["explanation"] if c["verdict"] == SKIPPED else effect_text(deciding_part(c))
+        rows.append((c["name"], says, c["verdict"], effect))
+    return rows
 
 
 def _figures_cell(claim: dict) -> list[str]:
@@ -73,10 +122,18 @@ def _seeds(claim: dict) -> str:
 
 
 def table(doc: dict) -> str:
-    """The verdict table as plain text, for the terminal; a skipped claim with its reason."""
-    rows = [(c["name"], c["verdict"], c["explanation"] if c["verdict"] == SKIPPED else _seeds(c)) for c in doc["claims"]]
-    width, vw = max(len(r[0]) for r in rows) + 2, max(len(r[1]) for r in rows) + 2
-    return "\n".join([f"{'claim':<{width}}{'verdict':<{vw}}seeds", *(f"{n:<{width}}{v:<{vw}}{s}" for n, v, s in rows)])
+    """The verdict table as plain text, for the terminal: each claim's verdict and its seeds per
+    arm; a skipped claim with its reason."""
+    rows = [(c["name"], c["verdict"], _seeds(c)) for c in doc["claims"] if c["verdict"] != SKIPPED]
+    width = max(len(c["name"]) for c in doc["claims"]) + 2
+    vw = max([len(r[1]) for r in rows] + [len("verdict")]) + 2
+    lines = [f"{'claim':<{width}}{'verdict':<{vw}}seeds"]
+    for c in doc["claims"]:
+        if c["verdict"] == SKIPPED:
+            lines.append(f"{c['name']:<{width}}{SKIPPED}: {c['explanation']}")
+        else:
+            lines.append(f"{c['name']:<{width}}{c['verdict']:<{vw}}{_seeds(c)}")
+    return "\n".join(lines + ([f"({SMOKE_TEST})"] if _smoke(doc) else []))
 
 
 def _short(claim: dict) -> str:
@@ -147,9 +204,14 @@ def markdown(doc: dict, images: dict[str, bytes]) -> str:
     def cell(text):
         return str(text).replace("|", "\\|").replace("\n", " ")
 
-    out = ["# normlab: claims about batch normalization, tested", "", _about(doc), ""]
+    out = ["# normlab: claims about batch normalization, tested", ""]
+    out += [f"> **{SMOKE_TEST}**", ""] if _smoke(doc) else []
+    out += ["| claim | what it says | verdict | the effect that decides it |", "|---|---|---|---|"]
+    out += [f"| [{n}](#{n}) | {cell(says)} | **{v}** | {cell(effect)} |" for n, says, v, effect in headline(doc)]
+    out += ["", _about(doc), ""]
     note = fingerprint_note(doc)
     out += [f"**Note.** {note}", ""] if note else []
+    out += ["## Every claim, its criterion and its arithmetic", ""]
     out += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for c in doc["claims"]:
         figs = "<br>".join(cell(x) for x in _figures_cell(c))
@@ -166,6 +228,8 @@ def markdown(doc: dict, images: dict[str, bytes]) -> str:
         out += [f"- {x}" for x in [*_findings(c), *figure_lines(c["figures"])]]
         if c["name"] in images:
             out += ["", f"![{c['name']}](plots/{c['name']}.png)"]
+    out += ["", "## References", "", "Papers:", ""] + [f"- {ref.text()}" for ref in PAPERS]
+    out += ["", "The tutorial articles the project started from:", ""] + [f"- {ref.text()}" for ref in ARTICLES]
     return "\n".join(out) + "\n"
 
 
@@ -183,6 +247,14 @@ td.figures { min-width: 24em; }
 .note { background: #f6efd2; padding: 0.5em; }
 img { max-width: 100%; }
 section { margin-top: 2.5em; }
+table.headline { font-size: 1em; margin: 1em 0 1.5em; }
+table.headline td:nth-child(4) { color: #444; font-size: 0.9em; }
+.smoke { background: #fff3cd; border: 2px solid #e0b000; padding: 0.6em 0.8em; font-weight: bold; }
+body.smoke-test td.reproduced, body.smoke-test td.not-reproduced, body.smoke-test td.inconclusive,
+body.smoke-test span.reproduced, body.smoke-test span.not-reproduced, body.smoke-test span.inconclusive
+  { background: #eeeeee; color: #555; }
+ol.references li { margin-bottom: 0.3em; }
+div.wide { overflow-x: auto; }
 """
 
 
@@ -212,18 +284,41 @@ def page(doc: dict, images: dict[str, bytes]) -> str:
             f'<section id="{e(c["name"])}"><h2>{e(c["name"])}</h2>'
             f'<p><em>{e(c["source"])}</em>: {e(c["statement"])}</p>'
             f'<p><b>Measured</b>: {e(c["measured"])}<br><b>Criterion</b>: {e(c["criterion"])}<br>'
-            f'<b>Verdict</b> ({e(_seeds(c))}): <span class="{c["verdict"].replace(" ", "-")}">{e(c["verdict"])}</span></p>'
+            f'<b>Verdict</b> ({e(_seeds(c))}): <span class="{c["verdict"].replace(" ", "-")}">{e(c["verdict"])}</span>'
+            + (f": {e(c['explanation'])}" if c["verdict"] == SKIPPED else "") + "</p>"
             f"<ul>{items(part_lines(c))}</ul><ul>{items([*_findings(c), *figure_lines(c['figures'])])}</ul>{img}</section>"
         )
     head = "".join(f"<th>{e(h)}</th>" for h in COLUMNS)
     note = fingerprint_note(doc)
     note_html = f'<p class="note"><b>Note.</b> {e(note)}</p>' if note else ""
+    smoke = _smoke(doc)
+    top = [
+        f'<tr><td><a href="#{e(n)}">{e(n)}</a></td><td>{e(says)}</td>{verdict({"verdict": v})}<td>{e(effect)}</td></tr>'
+        for n, says, v, effect in headline(doc)
+    ]
+    top_head = "".join(f"<th>{h}</th>" for h in ("claim", "what it says", "verdict", "the effect that decides it"))
+
+    def cite(ref):
+        link = f' <a href="{e(ref.link)}">{e(ref.link)}</a>' if ref.link else ""
+        return f"<li>{e(ref.text().removesuffix(' ' + ref.link) if ref.link else ref.text())}{link}</li>"
+
+    references = (
+        '<section id="references"><h2>References</h2><p>Papers:</p>'
+        f'<ol class="references">{"".join(cite(r) for r in PAPERS)}</ol>'
+        "<p>The tutorial articles the project started from:</p>"
+        f'<ol class="references">{"".join(cite(r) for r in ARTICLES)}</ol></section>'
+    )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>normlab: claims about batch normalization</title><style>{CSS}</style></head><body>"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>normlab: claims about batch normalization</title><style>{CSS}</style></head>"
+        f'<body class="{"smoke-test" if smoke else ""}">'
         "<h1>normlab: claims about batch normalization, tested</h1>"
+        + (f'<p class="smoke">{e(SMOKE_TEST)}</p>' if smoke else "")
+        + f'<table class="headline"><tr>{top_head}</tr>{"".join(top)}</table>'
         f'<p class="about">{e(_about(doc))}</p>{note_html}'
-        f"<table><tr>{head}</tr>{''.join(rows)}</table>{''.join(sections)}</body></html>\n"
+        "<h2>Every claim, its criterion and its arithmetic</h2>"
+        f'<div class="wide"><table><tr>{head}</tr>{"".join(rows)}</table></div>{"".join(sections)}{references}</body></html>\n'
     )
 
 

@@ -189,7 +189,8 @@ def skip(claim: Claim, reason: str) -> dict:
 
 
 def _declared(claim: Claim) -> dict:
-    return {k: getattr(claim, k) for k in ("name", "source", "statement", "measured", "criterion")}
+    declared = {k: getattr(claim, k) for k in ("name", "source", "statement", "measured", "criterion")}
+    return {**declared, "headline": claim.headline or claim.statement}
 
 
 def judge(claim: Claim, runs: list[Run], look: int = 1, looks: int = 1) -> dict:

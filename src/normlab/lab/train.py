@@ -9,9 +9,9 @@ replacement from a per-run ``torch.Generator``, weights initialized after
 for bit, in any process on the same machine and software, which is what lets runs be
 cached by :meth:`RunConfig.key` and resumed.
 
-Runs that differ only in their seed and ``init_scale`` (the same :func:`group_key`)
-train together as one stacked model (:mod:`normlab.lab.stacked`, :func:`train_group`):
-each *member* keeps its own initialization, mini-batch order, random stream for
+Runs that differ only in their seed and initial weights (``init``, ``init_scale``: the
+same :func:`group_key`) train together as one stacked model (:mod:`normlab.lab.stacked`,
+:func:`train_group`): each *member* keeps its own initialization, mini-batch order, random stream for
 dropout and noise, normalization statistics, optimizer state and divergence, and its
 result does not depend on which group it trained in, or how large (bit for bit; the
 tests check it). :func:`train` is a group of one. :func:`train_separately` is the same
@@ -19,7 +19,8 @@ training written plainly, one ``nn.Module`` at a time: the oracle the stacked ru
 is tested against (equal up to rounding) and the baseline of its benchmark.
 
 Every ``eval_every`` steps (and at step 0 and at the end) it logs the mean training
-loss since the last log, the test accuracy, and the output of each requested probe
+loss since the last log, the validation and the test accuracy (tuning reads the
+validation split's, verdicts the test split's), and the output of each requested probe
 (:data:`PROBES`, functions of the model and a fixed probe batch of test samples).
 At the end it also measures the accuracy on the training samples it trained on (the
 first ``train_subset`` of the training split, or all), in eval mode like the test
@@ -65,7 +66,7 @@ from .models import ACTIVATIONS, WEIGHTED, ModelSpec, as_dict, build, loss, pena
 __all__ = ["RunConfig", "train", "train_group", "train_separately", "group_key", "PROBES", "probe", "RESULT_VERSION", "TRAINABLE"]
 
 # Bump when a change to the loop changes results: cached runs of older versions are redone.
-RESULT_VERSION = 3
+RESULT_VERSION = 4
 
 OPTIMIZERS = {
     "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum),
@@ -307,8 +308,8 @@ def _batches(n: int, size: int, generator: torch.Generator):
 
 
 def group_key(config: RunConfig) -> str:
-    """What the runs of one group share: everything but the seed and the initial weights' scale."""
-    return config.but(seed=0, model_init_scale=1.0).key()
+    """What the runs of one group share: everything but the seed and the initial weights (scheme and scale)."""
+    return config.but(seed=0, model_init_scale=1.0, model_init="torch").key()
 
 
 def train(config: RunConfig, dataset: datasets.Dataset | None = None) -> dict:
@@ -317,7 +318,7 @@ def train(config: RunConfig, dataset: datasets.Dataset | None = None) -> dict:
 
 
 def train_group(configs: list[RunConfig], dataset: datasets.Dataset | None = None) -> list[dict]:
-    """Train the runs ``configs``, which share everything but their seed and ``init_scale``
+    """Train the runs ``configs``, which share everything but their seed and initial weights
     (:func:`group_key`), as one stacked model (:mod:`normlab.lab.stacked`); return each
     run's result, the same whatever else trains with it."""
     configs = list(configs)
@@ -325,7 +326,7 @@ def train_group(configs: list[RunConfig], dataset: datasets.Dataset | None = Non
         return []
     first = configs[0]
     if any(group_key(c) != group_key(first) for c in configs):
-        raise ValueError("train_group: the runs of a group may differ only in their seed and model.init_scale")
+        raise ValueError("train_group: the runs of a group may differ only in their seed, model.init and model.init_scale")
     ds = dataset if dataset is not None else datasets.load(first.data)
     x_train, y_train = _training_split(first, ds)
     start = time.perf_counter()
@@ -357,7 +358,7 @@ def train_separately(config: RunConfig, dataset: datasets.Dataset | None = None)
         optimizer = OPTIMIZERS[config.optimizer](_trainable(model, config.trainable, config.seed)[0], config)
         generator = torch.Generator().manual_seed(config.seed)
         x_probe = ds.x_test[: config.probe_size]
-        log = {"step": [], "train_loss": [], "test_accuracy": [], "probes": {p: [] for p in config.probes}}
+        log = {"step": [], "train_loss": [], "val_accuracy": [], "test_accuracy": [], "probes": {p: [] for p in config.probes}}
         if config.measures:
             log["measures"] = {m: {"step": [], "value": []} for m in config.measures}
 
@@ -373,6 +374,7 @@ def train_separately(config: RunConfig, dataset: datasets.Dataset | None = None)
         def record(step, losses):
             log["step"].append(step)
             log["train_loss"].append(sum(losses) / len(losses) if losses else None)
+            log["val_accuracy"].append(accuracy(model, ds.x_val, ds.y_val))
             log["test_accuracy"].append(accuracy(model, ds.x_test, ds.y_test))
             for name in config.probes:
                 log["probes"][name].append(PROBES[name](model, config.model, x_probe))
@@ -401,14 +403,17 @@ def train_separately(config: RunConfig, dataset: datasets.Dataset | None = None)
                 record(step, losses)
                 losses = []
         final = accuracy(model, ds.x_test, ds.y_test) if diverged else log["test_accuracy"][-1]
+        final_val = accuracy(model, ds.x_val, ds.y_val) if diverged else log["val_accuracy"][-1]
         if config.measures and not diverged:
             measure(config.steps, next(batches), "end")
         final_train = accuracy(model, x_train, y_train)
     return {
         **log,
+        "final_val_accuracy": final_val,
         "final_test_accuracy": final,
         "final_train_accuracy": final_train,
         "classes": ds.classes,
+        "val_samples": len(ds.x_val),
         "test_samples": len(ds.x_test),
         "diverged": diverged,
         "seconds": round(time.perf_counter() - start, 3),
@@ -459,7 +464,7 @@ class _Group:
         self.losses: list[list[float]] = [[] for _ in range(K)]
         self.logs = []
         for c in configs:
-            log = {"step": [], "train_loss": [], "test_accuracy": [], "probes": {p: [] for p in c.probes}}
+            log = {"step": [], "train_loss": [], "val_accuracy": [], "test_accuracy": [], "probes": {p: [] for p in c.probes}}
             if c.measures:
                 log["measures"] = {m: {"step": [], "value": []} for m in c.measures}
             self.logs.append(log)
@@ -514,11 +519,13 @@ class _Group:
             torch.set_rng_state(rng)
 
     def record(self, step: int) -> None:
+        val = _accuracies(self.net, self.K, self.ds.x_val, self.ds.y_val)
         test = _accuracies(self.net, self.K, self.ds.x_test, self.ds.y_test)
         for k in self.living():
             c, log, losses = self.configs[k], self.logs[k], self.losses[k]
             log["step"].append(step)
             log["train_loss"].append(sum(losses) / len(losses) if losses else None)
+            log["val_accuracy"].append(val[k])
             log["test_accuracy"].append(test[k])
             if c.probes:
                 model = self.plain(k)
@@ -636,15 +643,18 @@ class _Group:
             if self.diverged[k]:  # a diverged run is judged by what is left of the model, not by its last log
                 model = self.final_model[k]
                 final, final_tr = accuracy(model, self.ds.x_test, self.ds.y_test), accuracy(model, self.x_train, self.y_train)
+                final_val = accuracy(model, self.ds.x_val, self.ds.y_val)
             else:
                 if c.measures:
                     self.measure(c.steps, k, next(self.batches[k]), "end")
-                final, final_tr = log["test_accuracy"][-1], final_train[k]
+                final, final_tr, final_val = log["test_accuracy"][-1], final_train[k], log["val_accuracy"][-1]
             results.append({
                 **log,
+                "final_val_accuracy": final_val,
                 "final_test_accuracy": final,
                 "final_train_accuracy": final_tr,
                 "classes": self.ds.classes,
+                "val_samples": len(self.ds.x_val),
                 "test_samples": len(self.ds.x_test),
                 "diverged": self.diverged[k],
                 "seconds": seconds,

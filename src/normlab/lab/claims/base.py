@@ -23,7 +23,7 @@ from typing import Any, Callable
 from ..stats import Comparison, Verdict
 from ..train import RunConfig
 
-__all__ = ["Claim", "Profile", "PROFILES", "Run", "SKIPPED", "ratio", "steps_to", "group", "resolution"]
+__all__ = ["Claim", "Profile", "PROFILES", "Run", "SKIPPED", "ratio", "steps_to", "group", "resolution", "accuracy", "tune"]
 
 SKIPPED = "skipped"  # not a verdict: the claim's networks do not fit the data (normlab.lab.reproduce.plan)
 
@@ -93,12 +93,34 @@ class Claim:
     parts: Callable[[dict[str, Any]], list[Comparison]]
     plot: Callable[[list[Run], dict[str, Any]], Any]
     findings: Callable[[Verdict], dict[str, str]] | None = None  # words for the decided parts, in the report
+    headline: str = ""  # the claim in one line, for the report's headline (default: the statement)
 
 
 def resolution(runs: list[Run]) -> float:
     """The resolution of the runs' test accuracies: one test sample (0 if the results do not say)."""
     n = runs[0].result.get("test_samples")
     return 1 / n if n else 0.0
+
+
+def accuracy(run: Run, split: str = "test", at: int | None = None) -> float:
+    """The run's accuracy on ``split`` (``"val"`` or ``"test"``) after ``at`` updates (a logged
+    step), or at the end. A run that diverged before ``at`` counts with what is left of it."""
+    if at is None:
+        return run.result[f"final_{split}_accuracy"]
+    if at in run.result["step"]:
+        return run.result[f"{split}_accuracy"][run.result["step"].index(at)]
+    if run.result["diverged"] and run.result["diverged"]["step"] <= at:
+        return run.result[f"final_{split}_accuracy"]
+    raise ValueError(f"the run has no log at step {at} (its logs: {run.result['step']})")
+
+
+def tune(runs: list[Run], at: int | None = None) -> tuple[float, list[Run]]:
+    """The learning rate of ``runs`` (one arm's, at several rates) with the best mean validation
+    accuracy after ``at`` updates (or at the end), and its runs: the choice a practitioner makes,
+    on data the verdict never sees. Ties go to the smaller rate."""
+    by = group(runs, lambda c: c.lr)
+    best = max(sorted(by), key=lambda lr: sum(accuracy(r, "val", at) for r in by[lr]) / len(by[lr]))
+    return best, by[best]
 
 
 def ratio(a: float, b: float) -> float | None:

@@ -92,26 +92,29 @@ def plot(runs: list[Run], figures: dict):
 
     fig, (curves, hist) = plots.figure(2, title="bn-only-training: CNN (6 convolutions x 32 channels, BN) on MNIST-1D")
     by = base.group(runs, lambda c: c.trainable)
+    bn = plots.COLORS["bn"]  # every network here is a BN network: what is trained is told by the line style
+    lines = {"norm": "-", "random": ":", "all": "--"}
     for key, label in TRAINABLE.items():
-        plots.band(curves, by[key][0].result["step"], [r.result["test_accuracy"] for r in by[key]], label)
+        plots.band(curves, by[key][0].result["step"], [r.result["test_accuracy"] for r in by[key]], label, color=bn, linestyle=lines[key])
     curves.axhline(figures["chance"], color="grey", linestyle=":", label="chance")
     curves.set(xlabel="training step", ylabel="test accuracy")
-    curves.legend()
     magnitudes = {key: np.concatenate([_gammas(r) for r in by[key]]) for key in ("norm", "all")}
     low = min(THRESHOLDS) / 10
     bins = np.geomspace(low, max(low * 10, max(v.max() for v in magnitudes.values())), 40)
     for key, values in magnitudes.items():
-        hist.hist(np.clip(values, low, None), bins=bins, alpha=0.5, label=TRAINABLE[key])
+        filled = {"histtype": "stepfilled", "alpha": 0.5} if key == "norm" else {"histtype": "step", "linestyle": lines[key]}
+        hist.hist(np.clip(values, low, None), bins=bins, color=bn, label=TRAINABLE[key], **filled)
     for t in THRESHOLDS:
         hist.axvline(t, color="grey", linestyle=":")
     hist.set(xscale="log", xlabel=f"|gamma| at the end, all seeds (below {low:g} drawn at {low:g})", ylabel="channels")
     hist.set_title("BN scales after training; dotted: " + ", ".join(f"{t:g}" for t in THRESHOLDS))
-    hist.legend()
+    plots.legend(hist, *curves.get_legend_handles_labels())
     return fig
 
 
 CLAIM = Claim(
     name="bn-only-training",
+    headline="Training only BN's scale and shift takes a random network far above chance",
     source="Frankle, Schwab & Morcos 2020 (ICLR 2021), Figs. 2, 6",
     statement=(
         "Training only BN's gamma and beta of a deep network with frozen random weights reaches accuracy far above "

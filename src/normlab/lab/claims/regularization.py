@@ -96,20 +96,27 @@ def plot(runs: list[Run], figures: dict):
     fig, axes = plots.figure(2, title=f"regularization: 3x256 ReLU MLP on {TRAIN_SAMPLES} training samples")
     labels = list(VARIANTS.values())
     x = range(len(labels))
-    for name, offset in (("training accuracy", -0.2), ("test accuracy", 0.2)):
+    colors = [plots.color(label) for label in labels]  # the normalization's; dropout hatched
+    hatches = ["//" if "dropout" in label else "" for label in labels]
+    for name, offset, alpha in (("training accuracy", -0.2, 0.45), ("test accuracy", 0.2, 1.0)):
         stats = [figures[f"{name}, {label}"] for label in labels]
-        axes[0].bar([i + offset for i in x], [s["mean"] for s in stats], 0.4, yerr=[s["std"] for s in stats], capsize=3, label=name)
+        axes[0].bar([i + offset for i in x], [s["mean"] for s in stats], 0.4, yerr=[s["std"] for s in stats], capsize=3,
+                    color=colors, alpha=alpha, hatch=hatches, edgecolor="white")
     gaps = [figures[f"gap (training - test), {label}"] for label in labels]
-    axes[1].bar(x, [s["mean"] for s in gaps], 0.6, yerr=[s["std"] for s in gaps], capsize=3, color="tab:red")
+    axes[1].bar(x, [s["mean"] for s in gaps], 0.6, yerr=[s["std"] for s in gaps], capsize=3, color=colors, hatch=hatches, edgecolor="white")
     for ax, ylabel in ((axes[0], "accuracy (eval mode)"), (axes[1], "gap: training - test accuracy")):
-        ax.set_xticks(list(x), labels)
+        ax.set_xticks(list(x), labels, rotation=15)
         ax.set(ylabel=ylabel)
-    axes[0].legend(loc="lower right")
+    from matplotlib.patches import Patch
+
+    kinds = [Patch(color="grey", alpha=0.45), Patch(color="grey"), Patch(facecolor="grey", hatch="//", edgecolor="white")]
+    plots.legend(axes[1], kinds, ["training accuracy (light)", "test accuracy", "with dropout"])
     return fig
 
 
 CLAIM = Claim(
     name="regularization",
+    headline="BN regularizes, but does not replace dropout",
     source='the tutorials "Batch Normalization" and "Batch Normalization in Deep Learning", a "Deep Learning" revision note',
     statement=(
         "BN acts as a mild regularizer (its batch statistics are noisy), but it does not replace dropout: "

@@ -89,21 +89,22 @@ def parts(figures: dict):
 def plot(runs: list[Run], figures: dict):
     from .. import plots
 
-    fig, axes = plots.figure(2, title="saturating-activations: the seed CNN (5 blocks) on MNIST-1D")
+    fig, axes = plots.figure(2, title="saturating-activations: the blog post's CNN (5 blocks) on MNIST-1D")
     for (act, norm), rs in sorted(base.group(runs, lambda c: (c.model.activation, c.model.norm)).items()):
-        style = {"linestyle": "-" if norm == "bn" else "--"}
+        style = {"linestyle": "-" if act == "sigmoid" else "--"}  # the colour is the normalization's
         steps = rs[0].result["step"]
         plots.band(axes[0], steps[1:], [r.result["train_loss"][1:] for r in rs], _label(act, norm), **style)
         plots.band(axes[1], steps, [r.result["test_accuracy"] for r in rs], _label(act, norm), **style)
     axes[0].axhline(figures["chance-level loss ln(classes)"], color="grey", linestyle=":", label="chance")
     axes[0].set(xlabel="training step", ylabel="training loss")
     axes[1].set(xlabel="training step", ylabel="test accuracy (eval mode)")
-    axes[0].legend()
+    plots.legend(axes[1], *axes[0].get_legend_handles_labels())
     return fig
 
 
 CLAIM = Claim(
     name="saturating-activations",
+    headline="BN lets a deep sigmoid network train where without it training stays at chance",
     source="a blog post reviewing Ioffe & Szegedy with a Keras CNN on CIFAR-100 (after their Sec. 3.3)",
     statement=(
         "A deep sigmoid CNN without BN stays at chance; with BN it trains. "

@@ -114,12 +114,13 @@ def plot(runs: list[Run], figures: dict):
     ax.set_xscale("log", base=2)
     ax.set_xticks(BATCHES, [str(b) for b in BATCHES])
     ax.set(xlabel="batch size", ylabel="test error (eval mode)")
-    ax.legend()
+    plots.legend(ax)
     return fig
 
 
 CLAIM = Claim(
     name="small-batches",
+    headline="BN degrades at small batches where GroupNorm and LayerNorm do not; Batch Renorm helps",
     source='Wu & He 2018, Table 2 and Sec. 4.1; the overview "Batch Normalization in Deep Learning"',
     statement=(
         "BN's error grows quickly as the batch shrinks (ResNet-50: 23.6% at batch 32, 34.7% at batch 2), "

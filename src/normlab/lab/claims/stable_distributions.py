@@ -59,10 +59,11 @@ def plot(runs: list[Run], figures: dict):
     for ax, (norm, rs) in zip(axes, sorted(base.group(runs, lambda c: c.model.norm).items(), reverse=True)):
         r = rs[0]
         p = np.asarray(r.result["probes"][PROBE], dtype=float)[:, 0, :]
-        ax.plot(r.result["step"], p[:, 1], label="50th percentile")
-        ax.fill_between(r.result["step"], p[:, 0], p[:, 2], alpha=0.25, label="15th to 85th")
-        ax.set(title="no BN" if norm == "none" else "BN", xlabel="training step", ylabel="sigmoid input")
-        ax.legend()
+        title = "no BN" if norm == "none" else "BN"
+        ax.plot(r.result["step"], p[:, 1], label="50th percentile", color=plots.color(title))
+        ax.fill_between(r.result["step"], p[:, 0], p[:, 2], alpha=0.25, label="15th to 85th", color=plots.color(title))
+        ax.set(title=title, xlabel="training step", ylabel="sigmoid input")
+    plots.legend(axes[-1])
     lo = min(a.get_ylim()[0] for a in axes)
     hi = max(a.get_ylim()[1] for a in axes)
     for a in axes:
@@ -72,6 +73,7 @@ def plot(runs: list[Run], figures: dict):
 
 CLAIM = Claim(
     name="stable-distributions",
+    headline="BN keeps the distribution of a layer's inputs more stable during training",
     source="Ioffe & Szegedy 2015, Fig. 1(b, c)",
     statement=(
         "Without BN the distribution of a sigmoid's input changes over training; "
