@@ -32,8 +32,8 @@ import importlib
 
 import torch
 
-__all__ = ["BACKENDS", "OPS", "TRITON_RULE", "can_run", "choose", "get_backend", "implementation", "layout",
-           "set_backend", "triton_is_faster", "use_backend"]
+__all__ = ["BACKENDS", "OPS", "SKIPPING", "TRITON_RULE", "can_run", "choose", "get_backend", "implementation",
+           "layout", "set_backend", "skipping_implementation", "triton_is_faster", "use_backend"]
 
 BACKENDS = ("native", "normlab", "triton")
 
@@ -60,6 +60,16 @@ _modules = {name: importlib.import_module(f"{__name__}.{name}") for name in BACK
 # op -> backend -> implementation
 TABLE: dict[str, dict[str, object]] = {
     op: {name: module.IMPLEMENTATIONS[op] for name, module in _modules.items() if op in module.IMPLEMENTATIONS}
+    for op in OPS
+}
+
+# op -> backend -> an implementation that also keeps, channel by channel, the running statistics
+# whose update is not finite as they were (the engine's non_finite="skip"), by itself, without a
+# host synchronization: the engine hands it the buffers and puts no guard around it (no copies).
+# A backend offers these as SKIPPING_NON_FINITE (only "triton" does: its kernel decides).
+SKIPPING: dict[str, dict[str, object]] = {
+    op: {name: module.SKIPPING_NON_FINITE[op] for name, module in _modules.items()
+         if op in getattr(module, "SKIPPING_NON_FINITE", {})}
     for op in OPS
 }
 
@@ -129,6 +139,13 @@ def choose(op: str, x: torch.Tensor) -> str:
     if TRITON_RULE and x.is_cuda and can_run("triton", op, x) and triton_is_faster(op, x):
         return "triton"
     return "native" if can_run("native", op, x) else "normlab"
+
+
+def skipping_implementation(op: str, x: torch.Tensor):
+    """``SKIPPING[op][choose(op, x)]``, or None where the chosen backend has none (the engine then guards)."""
+    if _forced is None and not TRITON_RULE:  # the automatic choice, native or normlab: neither has one
+        return None
+    return SKIPPING[op].get(choose(op, x))
 
 
 def implementation(op: str, x: torch.Tensor):
