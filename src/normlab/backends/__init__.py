@@ -11,8 +11,9 @@ can run an operation on a given tensor:
              + activation and in-place activated batch norm, on CUDA tensors (and on CPU
              tensors under ``TRITON_INTERPRET=1``, for tests); opt-in
 
-A new backend is a new module here with ``IMPLEMENTATIONS`` and ``can_run``, and its name
-in :data:`BACKENDS`.
+A new backend is a new module here with ``IMPLEMENTATIONS`` and ``can_run`` (and, if its
+kernels keep non-finite updates out of the running statistics themselves,
+``SKIPPING_NON_FINITE``: see :data:`SKIPPING`), and its name in :data:`BACKENDS`.
 
 :func:`implementation` is what :mod:`normlab.functional` calls. Unless a backend is
 forced, it takes torch's own kernel where torch has the operation (the fastest on the

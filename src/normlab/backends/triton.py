@@ -2,8 +2,9 @@
 
 Batch norm, batch norm + activation (+ residual) and in-place activated batch norm, each one
 kernel forward and one backward, on CUDA tensors of 2 to 5 dimensions and any size (64-bit
-offsets from 2^31 elements on) (and on CPU tensors when ``TRITON_INTERPRET=1``, for tests). Needs the optional ``triton`` package
-(:data:`normlab.kernels.MIN_TRITON` or later), imported only when a tensor takes this backend.
+offsets from 2^31 elements on), and on CPU tensors when ``TRITON_INTERPRET=1``, for tests.
+Needs the optional ``triton`` package (:data:`normlab.kernels.MIN_TRITON` or later),
+imported only when a tensor takes this backend.
 """
 
 from __future__ import annotations
