@@ -168,3 +168,15 @@ def test_rms_norm_of_16_bit_inputs_stays_off_torch_where_torch_computes_in_16_bi
     assert backends.choose("rms_norm", half) == ("native" if native_16_bit else "normlab")
     with normlab.use_backend("native"):  # forcing torch's where it falls short falls back to the rule
         assert backends.choose("rms_norm", half) == ("native" if native_16_bit else "normlab")
+
+
+def test_only_triton_skips_non_finite_updates_itself():
+    """skipping_implementation's shortcut (no forced backend, no rule: None) is what choosing gives."""
+    x = torch.randn(4, 3, 2, 2)
+    assert {name for impls in backends.SKIPPING.values() for name in impls} <= {"triton"}
+    assert set(backends.SKIPPING["batch_norm"]) == {"triton"}
+    for op in backends.OPS:
+        assert backends.skipping_implementation(op, x) is None
+        assert backends.SKIPPING[op].get(backends.choose(op, x)) is None
+    with normlab.use_backend("normlab"):
+        assert backends.skipping_implementation("batch_norm", x) is None

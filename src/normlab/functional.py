@@ -218,7 +218,9 @@ class _Guard:
     device anyway), the operation updates the buffers in place, as torch's kernels do, and
     the rare bad channels get their old values back. Decided on the device (a GPU with
     ``"skip"``, or a trace), the operation updates copies, which then go into the buffers
-    where they are finite: no synchronization and no data-dependent control flow.
+    where they are finite: no synchronization and no data-dependent control flow. A backend
+    whose kernel skips non-finite updates itself (``backends.SKIPPING``) needs no guard for
+    ``"skip"``.
     """
 
     def __init__(self, buffers, non_finite: str, num_batches_tracked, who) -> None:
@@ -331,15 +333,19 @@ def _one_step(input, running_mean, running_var, weight, bias, momentum, eps, upd
         r = (torch.sqrt(moments.var.reshape(-1) + eps) / sigma).clamp(1 / rmax, rmax).to(sigma.dtype)
         d = (((moments.shift + moments.mean_shifted).reshape(-1) - running_mean) / sigma).clamp(-dmax, dmax)
         weight, bias = affine(r, weight, None), affine(d, weight, bias)
+    op = "batch_norm" if act is None else act.op
+    # a backend that keeps non-finite updates out of the running statistics by itself (its kernel
+    # decides, on the device) gets the buffers and no guard: nothing copied, nothing waited for
+    skipping = backends.skipping_implementation(op, input) if update and non_finite == "skip" and stats is None \
+        else None
     guard = _Guard((running_mean, running_var), non_finite, num_batches_tracked, who) \
-        if update and non_finite != "propagate" else None
+        if update and non_finite != "propagate" and skipping is None else None
     rm, rv = (running_mean, running_var) if guard is None else guard.targets
     if not update:
         rm = rv = None
     try:
         if stats is None:
-            op = "batch_norm" if act is None else act.op
-            impl = backends.implementation(op, input)
+            impl = skipping or backends.implementation(op, input)
             if act is None:
                 y = impl(input, rm, rv, weight, bias, True, factor, eps)
             else:
@@ -356,7 +362,6 @@ def _one_step(input, running_mean, running_var, weight, bias, momentum, eps, upd
     if guard is not None and guard.finish(input) and stats is None:
         # a finite input whose variance overflowed in the kernel: its output is wrong as well; normlab's
         # own implementation takes that variance in float64 (the running statistics keep their values)
-        op = "batch_norm" if act is None else act.op
         if act is None:
             y = backends.TABLE[op]["normlab"](input, None, None, weight, bias, True, factor, eps)
         else:

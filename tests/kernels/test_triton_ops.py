@@ -153,7 +153,7 @@ def test_batchnorm2d_on_the_triton_backend_is_torchs(monkeypatch, channels_last,
 def test_batchnormact_runs_the_kernels_when_triton_is_chosen(monkeypatch, op, layer):
     calls = []
     real = triton_ops.batch_norm_act
-    monkeypatch.setattr(triton_ops, "batch_norm_act", lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(triton_ops, "batch_norm_act", lambda *a: calls.append(a[11:]) or real(*a))
     bn = normlab.BatchNormAct(3, **layer).to(DEVICE)
     x = torch.randn(4, 3, 2, 2, device=DEVICE)
     # automatically: never on a CPU tensor; on a GPU, where the dispatch rule says so
@@ -161,7 +161,7 @@ def test_batchnormact_runs_the_kernels_when_triton_is_chosen(monkeypatch, op, la
     with normlab.use_backend("triton"):
         assert backends.choose(op, x) == "triton"
         y = bn(x)
-    assert calls == [layer.get("inplace_abn", False)]
+    assert calls == [(layer.get("inplace_abn", False), True)]  # (inplace_abn, skip_non_finite: the default guard)
     with normlab.use_backend("normlab"):
         expected = bn(x)
     assert_rel(y, expected, 1e-5, "same layer on the torch-ops path")
@@ -222,3 +222,117 @@ def test_plans_are_cached_per_shape_strides_and_dtype():
     assert triton_bn.plan(x.to(memory_format=torch.channels_last)) != first
     assert triton_bn.plan(x.half()) is not first
     assert triton_bn.plan(x, on_chip=False) != first  # forcing a choice plans anew
+
+
+@pytest.mark.parametrize("path", ["on_chip", "split"])
+def test_layers_skip_non_finite_updates_in_the_kernel_on_the_buffers_themselves(monkeypatch, path):
+    """non_finite="skip" (the default) on the triton backend: the kernel gets the running statistics
+    themselves and skips the bad channel; the engine's guard (copies, torch.where) never runs."""
+    from normlab import functional
+
+    if path == "split":
+        real_plan = triton_bn.plan
+        monkeypatch.setattr(triton_bn, "plan", lambda t, **_: real_plan(t, **split(t)))
+    monkeypatch.setattr(functional, "_Guard", lambda *a: pytest.fail("guarded an update the kernel skips itself"))
+    seen = []
+    real = triton_bn.forward
+    monkeypatch.setattr(triton_bn, "forward", lambda *a, **k: seen.append((a[4], a[5], k)) or real(*a, **k))
+    gen = torch.Generator().manual_seed(0)
+    ours, theirs = normlab.BatchNorm2d(3).to(DEVICE), torch.nn.BatchNorm2d(3).to(DEVICE)
+    x = (3 * torch.randn(4, 3, 5, 5, generator=gen) + 1).to(DEVICE)
+    x[1, 2, 3, 1] = float("nan")
+    with normlab.use_backend("triton"):
+        y = ours(x)
+    theirs(x)
+    (running_mean, running_var, options), = seen
+    assert running_mean is ours.running_mean and running_var is ours.running_var
+    assert options["skip_non_finite"] is True
+    assert torch.isnan(y[:, 2]).all() and torch.isnan(theirs.running_mean[2])  # torch lets the NaN in
+    assert ours.running_mean[2] == 0 and ours.running_var[2] == 1  # left as they were
+    assert_rel(ours.running_mean[:2], theirs.running_mean[:2], 1e-6, "running_mean of the finite channels")
+    assert_rel(ours.running_var[:2], theirs.running_var[:2], 1e-6, "running_var of the finite channels")
+    assert ours.num_batches_tracked == 1
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's inf - inf
+def test_raise_and_warn_keep_the_guard_around_the_kernel(monkeypatch):
+    """The policies that report to the host are the engine's: the kernel updates in place, unskipped,
+    and the guard puts the old values back (raise) or keeps them for the bad channel (warn)."""
+    seen = []
+    real = triton_bn.forward
+    monkeypatch.setattr(triton_bn, "forward", lambda *a, **k: seen.append(k["skip_non_finite"]) or real(*a, **k))
+    x = torch.randn(4, 3, 5, 5, device=DEVICE)
+    x[0, 1, 0, 0] = float("inf")
+    bn = normlab.BatchNorm2d(3, non_finite="raise").to(DEVICE)
+    with normlab.use_backend("triton"):
+        with pytest.raises(FloatingPointError, match=r"channel\(s\) 1 "):
+            bn(x)
+        assert (bn.running_mean == 0).all() and (bn.running_var == 1).all() and bn.num_batches_tracked == 0
+        bn.non_finite = "warn"
+        with pytest.warns(RuntimeWarning, match=r"channel\(s\) 1 "):
+            bn(x)
+    assert seen == [False, False]
+    assert bn.running_mean[1] == 0 and bn.running_var[1] == 1 and bn.num_batches_tracked == 1
+    assert bn.running_mean[0] != 0 and bn.running_var[2] != 1
+
+
+@pytest.mark.parametrize("path", ["on_chip", "split"])
+@pytest.mark.parametrize("activation,residual,inplace_abn", [("identity", False, False), ("silu", True, False),
+                                                             ("relu", True, False), ("elu", False, True)])
+def test_the_eager_function_matches_the_float64_reference(monkeypatch, path, activation, residual, inplace_abn):
+    """The autograd Function's forward, the gradients it returns for each input, and the running
+    statistics it updates in place, against normlab.reference."""
+    from triton_cases import PARAM, make, reference
+
+    if path == "split":
+        real_plan = triton_bn.plan
+        monkeypatch.setattr(triton_bn, "plan", lambda t, **_: real_plan(t, **split(t)))
+    x, w, b, dy = make((5, 3, 4, 3), torch.float64, False, DEVICE, offset=0.5)
+    r = make((5, 3, 4, 3), torch.float64, False, DEVICE, seed=1)[0] if residual else None
+    w = w.abs() + 1e-5 if inplace_abn else w
+    leaves = [t.clone().requires_grad_() for t in (x, w, b) + ((r,) if residual else ())]
+    rm, rv = torch.zeros(3, **f64), torch.ones(3, **f64)
+    y = triton_ops.batch_norm_act(leaves[0], leaves[1], leaves[2], leaves[3] if residual else None, rm, rv, True,
+                                  0.1, 1e-5, activation, PARAM.get(activation, 0.0), inplace_abn)
+    assert type(y.grad_fn).__name__ == "BatchNormActBackward"
+    grads = torch.autograd.grad(y, leaves, dy)
+    ey, edx, edw, edb, edres, mean, var = reference(x, w, b, dy, activation, r)
+    for name, got, want in zip(("y", "dx", "dweight", "dbias", "dresidual"), (y, *grads), (ey, edx, edw, edb, edres)):
+        assert_rel(got.detach().cpu(), want, 1e-10, name)
+    m = x[:, 0].numel()
+    assert_rel(rm.cpu(), 0.1 * mean, 1e-10, "running_mean")
+    assert_rel(rv.cpu(), 0.9 + 0.1 * var * m / (m - 1), 1e-10, "running_var")
+
+
+def test_gradients_only_for_the_inputs_that_need_them():
+    x, w, b, r = leaves((4, 3, 5), (3,), (3,), (4, 3, 5))
+    w.requires_grad_(False)
+    r.requires_grad_(False)
+    y = triton_ops.batch_norm_act(x, w, b, r, None, None, True, 0.1, 1e-5, "silu", 0.0, False)
+    y.sum().backward()
+    assert x.grad is not None and b.grad is not None and w.grad is None and r.grad is None
+
+
+def test_split_launches_leave_their_counters_at_zero(monkeypatch):
+    """The split kernels count arrivals per channel block; the last program resets its counter, so
+    one zeroed buffer per device (and stream) serves every launch without a memset."""
+    real_plan = triton_bn.plan
+    monkeypatch.setattr(triton_bn, "plan", lambda t, **_: real_plan(t, **split(t)))
+    monkeypatch.setattr(triton_bn, "_COUNTERS", {})
+    x, w, b = leaves((6, 4, 7), (4,), (4,))
+    for step in range(2):
+        y = triton_ops.batch_norm_act(x, w, b, None, None, None, True, 0.1, 1e-5, "relu", 0.0, False)
+        y.backward(torch.ones_like(y))
+        (counters,) = triton_bn._COUNTERS.values()
+        if step == 0:
+            first = counters
+        assert counters is first and counters.numel() >= 4 and (counters == 0).all()
+    assert triton_bn.plan(x.detach()).n_chunks > 1  # the split path ran: several programs per channel block
+
+
+def test_tensors_of_2_31_elements_and_more_take_the_triton_backend():
+    """No size limit in the backend: from 2^31 elements the plans take 64-bit offsets
+    (tests/kernels/test_triton_bn.py checks the plans; tests/gpu runs one on a GPU)."""
+    huge = torch.empty(1, 1, device=DEVICE).expand(2**16, 2**15)  # 2^31 elements, no memory
+    assert huge.numel() == 2**31 and backends.can_run("triton", "batch_norm", huge)
+    assert triton_bn.plan(torch.empty(2**16, 2**15, device="meta")).big

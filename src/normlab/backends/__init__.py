@@ -11,8 +11,9 @@ can run an operation on a given tensor:
              + activation and in-place activated batch norm, on CUDA tensors (and on CPU
              tensors under ``TRITON_INTERPRET=1``, for tests); opt-in
 
-A new backend is a new module here with ``IMPLEMENTATIONS`` and ``can_run``, and its name
-in :data:`BACKENDS`.
+A new backend is a new module here with ``IMPLEMENTATIONS`` and ``can_run`` (and, if its
+kernels keep non-finite updates out of the running statistics themselves,
+``SKIPPING_NON_FINITE``: see :data:`SKIPPING`), and its name in :data:`BACKENDS`.
 
 :func:`implementation` is what :mod:`normlab.functional` calls. Unless a backend is
 forced, it takes torch's own kernel where torch has the operation (the fastest on the
@@ -32,8 +33,8 @@ import importlib
 
 import torch
 
-__all__ = ["BACKENDS", "OPS", "TRITON_RULE", "can_run", "choose", "get_backend", "implementation", "layout",
-           "set_backend", "triton_is_faster", "use_backend"]
+__all__ = ["BACKENDS", "OPS", "SKIPPING", "TRITON_RULE", "can_run", "choose", "get_backend", "implementation",
+           "layout", "set_backend", "skipping_implementation", "triton_is_faster", "use_backend"]
 
 BACKENDS = ("native", "normlab", "triton")
 
@@ -60,6 +61,16 @@ _modules = {name: importlib.import_module(f"{__name__}.{name}") for name in BACK
 # op -> backend -> implementation
 TABLE: dict[str, dict[str, object]] = {
     op: {name: module.IMPLEMENTATIONS[op] for name, module in _modules.items() if op in module.IMPLEMENTATIONS}
+    for op in OPS
+}
+
+# op -> backend -> an implementation that also keeps, channel by channel, the running statistics
+# whose update is not finite as they were (the engine's non_finite="skip"), by itself, without a
+# host synchronization: the engine hands it the buffers and puts no guard around it (no copies).
+# A backend offers these as SKIPPING_NON_FINITE (only "triton" does: its kernel decides).
+SKIPPING: dict[str, dict[str, object]] = {
+    op: {name: module.SKIPPING_NON_FINITE[op] for name, module in _modules.items()
+         if op in getattr(module, "SKIPPING_NON_FINITE", {})}
     for op in OPS
 }
 
@@ -129,6 +140,13 @@ def choose(op: str, x: torch.Tensor) -> str:
     if TRITON_RULE and x.is_cuda and can_run("triton", op, x) and triton_is_faster(op, x):
         return "triton"
     return "native" if can_run("native", op, x) else "normlab"
+
+
+def skipping_implementation(op: str, x: torch.Tensor):
+    """``SKIPPING[op][choose(op, x)]``, or None where the chosen backend has none (the engine then guards)."""
+    if _forced is None and not TRITON_RULE:  # the automatic choice, native or normlab: neither has one
+        return None
+    return SKIPPING[op].get(choose(op, x))
 
 
 def implementation(op: str, x: torch.Tensor):
