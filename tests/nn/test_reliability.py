@@ -133,3 +133,15 @@ def test_which_backend_gives_what_at_a_large_offset():
         errors[backend] = (y.double() - torch.from_numpy(expected)).abs().max().item() / abs(expected).max()
     assert errors["normlab"] < 1e-6
     assert errors[None] > 1e-5  # if torch's kernel becomes stable, the docs can say so
+
+
+@pytest.mark.parametrize("backend_name", [None, "normlab"])
+def test_a_mean_whose_sum_overflows_float32_is_taken_in_float64(backend_name):
+    """Finite values near float32's largest: their sum overflows (not only their variance), and the channel's mean
+    is then summed in float64, where it fits; the output is float64's, not NaN."""
+    x = torch.randn(4, 3, 2, 2, 2, generator=torch.Generator().manual_seed(0)) * 1.5e37
+    x[:, 1] = x[:, 1].abs() + 3e37  # 32 values of more than 3e37: their sum is beyond float32's 3.4e38
+    with normlab.use_backend(backend_name):
+        y = normlab.BatchNorm3d(3)(x)
+    assert torch.isfinite(y).all()
+    assert_rel(y, R.batch_norm_train(x.double().numpy())[0], 1e-5)
