@@ -218,14 +218,7 @@ DOCUMENTED = {
 
 # Defects found by the battery and not fixed yet (each is in the status file with its case): the case
 # expects the defect, so that the count in docs/battery.md shows it and its test fails once it is fixed.
-KNOWN_DEFECTS = {
-    ("BatchNorm2d(track_running_stats=False)", HUGE, "default"): (
-        "silent wrong answer", "without running statistics no guard looks at the batch statistics, so an overflowing "
-        "variance is not computed again (docs/layers.md says every training batch is)"),
-    ("RMSNorm", "float64 layer, float32 input", None): (
-        "error where torch answers", "torch's RMSNorm computes a float64 layer on a float32 input (with a warning); "
-        "normlab's refuses it, as every other norm of torch's does"),
-}
+KNOWN_DEFECTS: dict = {}
 
 
 def _lookup(table: dict, case: "LayerCase", what: str):
