@@ -7,6 +7,7 @@ cases expect (which every case's test asserts it gets), so the page is what a gr
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import sys
 from collections import Counter
@@ -34,6 +35,7 @@ def all_cases() -> list:
     return battery_layers.layer_cases() + battery_tools.tool_cases() + battery_lab.lab_cases()
 
 
+@functools.lru_cache(maxsize=1)
 def expected_outcomes() -> list[tuple[str, str]]:
     """(group, outcome) of every case as declared: the layers' from torch's runs, the others' from their tables."""
     out = []

@@ -111,17 +111,24 @@ MODELS = [
         4, "leaky_relu")), (2, 3, 5, 5)),
     Model("GroupNorm and LayerNorm, no batch norm", lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4),
           nn.Flatten(), nn.LayerNorm(36)), (2, 3, 5, 5)),
-    Model("torchvision resnet18", None, (2, 3, 32, 32), slow=True),
+    Model("torchvision resnet18", "torchvision:resnet18", (2, 3, 32, 32), slow=True),
+    Model("timm efficientnet_b0 (BatchNormAct2d)", "timm:efficientnet_b0", (2, 3, 32, 32), slow=True),
 ]
 BY_NAME = {m.name: m for m in MODELS}
 
 
 def build(model: Model) -> nn.Module:
-    if model.build is None:  # torchvision's, random init, trained statistics from two batches
+    if isinstance(model.build, str):  # torchvision's or timm's, random init, statistics from two batches
         from conftest import import_torchvision
 
-        tv = import_torchvision()
-        net = tv.models.resnet18(num_classes=10)
+        library, name = model.build.split(":")
+        tv = import_torchvision()  # (timm imports it)
+        if library == "timm":
+            import timm
+
+            net = timm.create_model(name, pretrained=False, num_classes=10)
+        else:
+            net = getattr(tv.models, name)(num_classes=10)
     else:
         net = model.build()
     torch.manual_seed(0)
