@@ -38,11 +38,6 @@ import normlab
 C = 3  # channels of every batch-norm-like layer; GroupNorm has 4 in 2 groups, LayerNorm/RMSNorm normalize 5
 N = 4
 
-GOOD = ("same as torch", "same error as torch", "guarded", "exact where torch is not", "refused where torch is wrong",
-        "documented")
-BAD = ("silent wrong answer", "NaN from finite input", "unclear error", "error where torch answers",
-       "answer where torch raises")
-
 # relative to the largest value of the expected tensor: normlab against torch (tight), and torch against its
 # own float64 answer (gross: beyond it torch's answer is wrong, not merely rounded differently)
 TIGHT = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
