@@ -135,7 +135,18 @@ class Statistics:
     def _mean(self, t: torch.Tensor) -> torch.Tensor:
         if self.mask is not None:
             t = torch.where(self.mask, t, 0)  # where, not *: padding may hold anything, even inf
-        return t.sum(self.dims, keepdim=True) / max(self.local_count, 1)
+        count = max(self.local_count, 1)
+        total = t.sum(self.dims, keepdim=True)
+        if t.dtype == torch.float64 or not t.is_floating_point():
+            return total / count
+        # finite values whose sum overflows the dtype (float32 values near 1e37): summed in float64, where
+        # it fits, as mean_square does; the mean itself always fits
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._functorch.is_batchedtensor(t):
+            return torch.where(~torch.isfinite(total), (t.double().sum(self.dims, keepdim=True) / count).to(t.dtype),
+                               total / count)
+        if not math.isfinite(float(total.sum())):  # (not isinf: sums of either sign can meet as NaN)
+            return (t.double().sum(self.dims, keepdim=True) / count).to(t.dtype)
+        return total / count
 
     def _shift(self, x: torch.Tensor) -> torch.Tensor:
         """One value of each group (zeros for a group without values)."""

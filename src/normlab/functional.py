@@ -343,6 +343,13 @@ def _one_step(input, running_mean, running_var, weight, bias, momentum, eps, upd
     rm, rv = (running_mean, running_var) if guard is None else guard.targets
     if not update:
         rm = rv = None
+    scratch = None
+    if not update and stats is None and input.numel() and input.device.type == "cpu" and not _in_trace(input):
+        # no running statistics to guard, yet the kernel's variance can overflow as well (a huge finite input):
+        # it writes the batch's own statistics (momentum 1) into scratch buffers, looked at as the guard looks
+        dtype = weight.dtype if weight is not None else input.dtype
+        rm, rv, factor = torch.zeros(input.shape[1], dtype=dtype), torch.ones(input.shape[1], dtype=dtype), 1.0
+        scratch = rv
     try:
         if stats is None:
             impl = skipping or backends.implementation(op, input)
@@ -359,7 +366,8 @@ def _one_step(input, running_mean, running_var, weight, bias, momentum, eps, upd
         if guard is not None:
             guard.undo()
         raise
-    if guard is not None and guard.finish(input) and stats is None:
+    overflowed = scratch is not None and not math.isfinite(float(scratch.sum())) and bool(torch.isfinite(input).all())
+    if (overflowed or guard is not None and guard.finish(input)) and stats is None:
         # a finite input whose variance overflowed in the kernel: its output is wrong as well; normlab's
         # own implementation takes that variance in float64 (the running statistics keep their values)
         if act is None:
@@ -658,6 +666,12 @@ def rms_norm(input, normalized_shape, weight=None, eps: float | None = None, *, 
     check_tensor(input, who)
     check_normalized_shape(input, normalized_shape, who)
     _check_params(normalized_shape, who, weight=weight)
+    if weight is not None and weight.is_floating_point() and weight.dtype != input.dtype and not (
+            weight.dtype == torch.float32 and input.dtype in (torch.float16, torch.bfloat16)):
+        # torch's RMSNorm, alone among its norms, computes a weight of another dtype (and warns): so does normlab
+        warnings.warn(f"{label(who)}: the input is {input.dtype} but weight is {weight.dtype}; computing in the "
+                      f"input's dtype, as torch does (give both one dtype to silence this)", stacklevel=3)
+        weight = weight.to(input.dtype)
     check_dtypes(input, who, weight=weight)
     if eps is None:  # resolved here, not left to torch: before 2.7, torch took a 16-bit input's own epsilon
         eps = torch.finfo(accumulation_dtype(input.dtype)).eps

@@ -133,3 +133,39 @@ def test_which_backend_gives_what_at_a_large_offset():
         errors[backend] = (y.double() - torch.from_numpy(expected)).abs().max().item() / abs(expected).max()
     assert errors["normlab"] < 1e-6
     assert errors[None] > 1e-5  # if torch's kernel becomes stable, the docs can say so
+
+
+@pytest.mark.parametrize("backend_name", [None, "normlab"])
+def test_a_mean_whose_sum_overflows_float32_is_taken_in_float64(backend_name):
+    """Finite values near float32's largest: their sum overflows (not only their variance), and the channel's mean
+    is then summed in float64, where it fits; the output is float64's, not NaN."""
+    x = torch.randn(4, 3, 2, 2, 2, generator=torch.Generator().manual_seed(0)) * 1.5e37
+    x[:, 1] = x[:, 1].abs() + 3e37  # 32 values of more than 3e37: their sum is beyond float32's 3.4e38
+    with normlab.use_backend(backend_name):
+        y = normlab.BatchNorm3d(3)(x)
+    assert torch.isfinite(y).all()
+    assert_rel(y, R.batch_norm_train(x.double().numpy())[0], 1e-5)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_huge_finite_inputs_without_running_statistics_on_the_default_dispatch(training):
+    """No running statistics, so no guard: the kernel's batch statistics are looked at all the same, and a
+    variance that overflows float32 is computed again by normlab's own implementation (torch's gives zeros)."""
+    x = torch.randn(8, 3, 4, generator=torch.Generator().manual_seed(0)) * 1e30
+    bn = normlab.BatchNorm1d(3, track_running_stats=False).train(training)
+    assert_rel(bn(x), R.batch_norm_train(x.double().numpy())[0], 1e-5)
+
+
+def test_rms_norm_computes_a_weight_of_another_dtype_as_torch_does():
+    """torch's RMSNorm, alone among its norms, takes a float64 layer on a float32 input (with a warning)."""
+    x = torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(0))
+    theirs = nn.RMSNorm(5).double()
+    ours = normlab.RMSNorm(5).double()
+    with torch.no_grad():
+        theirs.weight.uniform_(0.5, 1.5)
+        ours.weight.copy_(theirs.weight)
+    with pytest.warns(UserWarning, match=r"RMSNorm\(\(5,\)\): the input is torch.float32 but weight is torch.float64"):
+        y = ours(x)
+    expected = theirs(x)
+    assert y.dtype == expected.dtype == torch.float32
+    torch.testing.assert_close(y, expected)
