@@ -80,6 +80,22 @@ def test_every_norm_in_the_table_builds(norm):
             assert not any(isinstance(m, torch.nn.modules.batchnorm._NormBase) for m in model)
 
 
+@pytest.mark.parametrize("norm", ["bn", "renorm", "ghost"])
+def test_non_finite_batch_statistics_end_a_run(norm):
+    """The layers' default skips a non-finite update; the lab's models raise it, which ends the run as
+    diverged (train.py), and the stacked runner's widened layers let it through to the per-member check."""
+    from normlab.lab import stacked
+    model = build(ModelSpec("mlp", 2, 8, "relu", norm=norm), (1, 12), 3).train()
+    norms = [m for m in model.modules() if hasattr(m, "non_finite")]
+    assert norms and all(m.non_finite == "raise" for m in norms)
+    x = torch.randn(32, 1, 12)
+    x[0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="not finite"):
+        model(x)
+    widened = stacked._widened(norms[0], 2, [norms[0], norms[0]], num_features=2 * norms[0].num_features)
+    assert widened.non_finite == "propagate"
+
+
 @pytest.mark.parametrize(
     "fields, message",
     [

@@ -154,7 +154,6 @@ def test_misfit_names_what_the_data_cannot_give():
                   torch.arange(8) % 3, 3, x_val=torch.randn(8, 1, 10, generator=g), y_val=torch.arange(8) % 3)
     rnn = ModelSpec("rnn", depth=1, width=4, activation="tanh")
     cases = [
-        (RunConfig(rnn, measures=("longer_sequences",), batch_size=8), "the measure longer_sequences needs the mnist1d dataset, not toy"),
         (RunConfig(rnn, train_subset=50, batch_size=8), "train_subset 50 exceeds the 40 training samples"),
         (RunConfig(rnn, train_subset=20, batch_size=30), "batch_size 30 exceeds the 20 training samples"),
         (RunConfig(rnn, batch_size=41), "batch_size 41 exceeds the 40 training samples"),

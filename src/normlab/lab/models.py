@@ -449,6 +449,10 @@ def build(spec: ModelSpec, sample_shape: tuple[int, ...], classes: int) -> nn.Mo
                 m.momentum = spec.norm_momentum
                 if spec.norm_eps is not None:
                     m.eps = spec.norm_eps
+            if hasattr(m, "non_finite"):
+                # non-finite batch statistics end the run as diverged (train.py), rather than the layers'
+                # default of skipping the update, which would let a run that blew up train on
+                m.non_finite = "raise"
     return model
 
 

@@ -157,8 +157,10 @@ def _widened(m: nn.Module, K: int, members: list[nn.Module], **attributes) -> nn
     for name, b in m.named_buffers(recurse=False):
         if b is not None and b.dim():
             out._buffers[name] = _stacked([x._buffers[name] for x in members]).view(-1)
-    if hasattr(out, "check_finite"):
-        out.check_finite = False  # one member's non-finite statistics end that member, not the group: the loop checks
+    if hasattr(out, "non_finite"):
+        # one member's non-finite statistics end that member, not the group: the loop checks each member's
+        # (a plain run's layer raises there; the group's must neither raise nor recompute every member)
+        out.non_finite = "propagate"
     return out
 
 
