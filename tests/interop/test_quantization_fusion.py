@@ -195,10 +195,10 @@ def test_prepare_qat_fx_trains_as_the_float_model(lib):
     assert_rel(qat_bn[0].running_var, reference.bn1.running_var, 1e-5, "bn1.running_var")
 
 
-def test_prepare_fx_without_conversion_traces_into_normlab_layers():
-    """What ``for_fx`` is for: FX's tracer keeps only torch.nn's modules whole, so normlab's
-    layers are traced into and no conv-bn pattern is left to fuse. The prepared model still
-    computes the float model (the layers trace); nothing is folded."""
+def test_prepare_fx_without_conversion_leaves_normlab_layers_unfused():
+    """What ``for_fx`` is for: FX quantization matches its fusion patterns by exact class, so a
+    normlab batch norm is not fused with its conv. The prepared model still computes the float
+    model (the layers trace under FX quantization's tracer); nothing is folded."""
     model, x = fx_model(normlab)
     model.eval()
     prepared = prepare_fx(copy.deepcopy(model), get_default_qconfig_mapping("x86"), (x,))
