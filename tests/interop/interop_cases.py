@@ -37,7 +37,7 @@ def randomize(model: nn.Module, x: torch.Tensor, steps: int = 3) -> nn.Module:
         for m in model.modules():
             if isinstance(getattr(m, "weight", None), nn.Parameter) and "Norm" in type(m).__name__:
                 m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
-                if m.bias is not None:
+                if getattr(m, "bias", None) is not None:  # RMSNorm has none
                     m.bias.copy_(torch.rand(m.bias.shape, generator=gen) - 0.5)
         training = model.training
         model.train()
