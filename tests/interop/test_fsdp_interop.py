@@ -31,13 +31,15 @@ def one_process_group():
         dist.destroy_process_group()
 
 
-@pytest.mark.slow
-def test_fsdp_mixed_precision_keeps_batch_norm_in_float32(lib, one_process_group):
+HALF = dict(param_dtype=torch.float16, reduce_dtype=torch.float16, buffer_dtype=torch.float16)
+
+
+def model_and_dtypes(lib):
+    """A model, and what its layers 0, 1 and 5 will record: (input dtype, weight dtype) in forward."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), lib.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 2),
                           lib.BatchNorm1d(2))  # fmt: skip
-    bn = model[1]
-    seen = {}  # layer index -> (dtype of its input, dtype of its weight) in the forward pass
+    seen = {}
 
     def record(i):
         def hook(m, args, out):
@@ -47,18 +49,34 @@ def test_fsdp_mixed_precision_keeps_batch_norm_in_float32(lib, one_process_group
 
     for i in (0, 1, 5):
         model[i].register_forward_hook(record(i))
-    half = fsdp.MixedPrecision(param_dtype=torch.float16, reduce_dtype=torch.float16, buffer_dtype=torch.float16)
+    return model, seen
+
+
+def wrap(model, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # NO_SHARD for one rank; BN's mixed precision overridden (what is tested)
-        wrapped = fsdp.FullyShardedDataParallel(
-            model, device_id=torch.device("cpu"), mixed_precision=half, use_orig_params=True,
-            auto_wrap_policy=fsdp.wrap.ModuleWrapPolicy({nn.Linear}),
+        return fsdp.FullyShardedDataParallel(
+            model, device_id=torch.device("cpu"), mixed_precision=fsdp.MixedPrecision(**HALF), use_orig_params=True,
+            **kwargs,
         )  # fmt: skip
-    x = rand(4, 3, 6, 6)
-    y = wrapped(x)
+
+
+def test_fsdp_mixed_precision_keeps_batch_norm_in_float32(lib, one_process_group):
+    model, seen = model_and_dtypes(lib)
+    bn = model[1]
+    wrapped = wrap(model, auto_wrap_policy=fsdp.wrap.ModuleWrapPolicy({nn.Linear}))
+    y = wrapped(rand(4, 3, 6, 6))
     y.sum().backward()
     assert seen[0] == (torch.float16, torch.float16)  # the conv computes in half precision ...
     assert seen[1] == (torch.float32, torch.float32)  # ... the batch norm in float32, input and parameters
     assert seen[5] == (torch.float32, torch.float32)
     assert bn.running_mean.dtype == torch.float32 and torch.isfinite(bn.running_var).all()
     assert_rel(bn.num_batches_tracked.float(), torch.tensor(1.0), 0, "num_batches_tracked")
+
+
+def test_fsdp_without_auto_wrapping_casts_batch_norm_too(lib, one_process_group):
+    """The exclusion is applied when FSDP wraps modules itself: wrapping the whole model by hand
+    casts every layer, torch's batch norms as normlab's."""
+    model, seen = model_and_dtypes(lib)
+    wrap(model)(rand(4, 3, 6, 6))
+    assert seen[1] == (torch.float16, torch.float16)

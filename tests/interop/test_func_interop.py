@@ -111,8 +111,22 @@ def test_vmap_over_an_ensemble_in_training_without_running_statistics(lib):
             assert_rel(grads[name][i], p.grad, 1e-4, f"model {i}: grad of {name}")
 
 
+def test_vmap_over_an_ensemble_in_training_with_running_statistics(lib):
+    """vmap batches the in-place update of the stacked running statistics: each model's are
+    updated as they would be by the model alone."""
+    models = [m.train() for m in ensemble(lib)]
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+    xs = rand(3, 4, 3, 6, 5, seed=7)
+    out = vmap(call(base))(params, buffers, xs)
+    assert_rel(out, torch.stack([m(x) for m, x in zip(models, xs)]), 1e-5, "ensemble outputs")
+    for name, stacked in buffers.items():
+        expected = torch.stack([dict(m.named_buffers())[name] for m in models])
+        assert_rel(stacked, expected, 0 if name.endswith("num_batches_tracked") else 1e-5, name)
+
+
 def test_vmap_in_training_after_replace_all_batch_norm_modules(lib):
-    """torch's recipe for vmap over a model that keeps running statistics: drop them first."""
+    """torch.func's recipe for batch norm under vmap: no running statistics at all."""
     models = [replace_all_batch_norm_modules_(m).train() for m in ensemble(lib)]
     params, buffers = stack_module_state(models)
     base = copy.deepcopy(models[0]).to("meta")

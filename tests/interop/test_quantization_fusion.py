@@ -35,6 +35,7 @@ from interop_cases import CONV, CONV_TRANSPOSE, SPATIAL, batch_norm, lib, norm_t
 # torch.ao.quantization warns of its move to torchao, and is still there (2.13)
 pytestmark = pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
 
+ENGINE = torch.backends.quantized.engine  # x86 on x86 machines, qnnpack on ARM
 CONV_RELU = {1: nni.ConvReLU1d, 2: nni.ConvReLU2d, 3: nni.ConvReLU3d}
 CONV_BN_QAT = {1: nniqat.ConvBn1d, 2: nniqat.ConvBn2d, 3: nniqat.ConvBn3d}
 CONV_BN_RELU_QAT = {1: nniqat.ConvBnReLU1d, 2: nniqat.ConvBnReLU2d, 3: nniqat.ConvBnReLU3d}
@@ -99,7 +100,7 @@ def test_fused_model_quantizes_end_to_end(lib):
     what the float model does, to quantization error."""
     model, x = conv_bn(lib, 2)
     model = nn.Sequential(torch.ao.quantization.QuantStub(), *model, torch.ao.quantization.DeQuantStub()).eval()
-    model.qconfig = torch.ao.quantization.get_default_qconfig("x86" if "x86" in torch.backends.quantized.supported_engines else "qnnpack")
+    model.qconfig = torch.ao.quantization.get_default_qconfig(ENGINE)
     fused = fuse_modules(model, [["1", "2", "3"]])
     prepared = torch.ao.quantization.prepare(fused)
     with torch.no_grad():
@@ -125,7 +126,7 @@ def test_fuse_modules_qat_trains_as_conv_then_batch_norm(lib, dim, relu):
     names = ["0", "1", "2"] if relu else ["0", "1"]
     fused = fuse_modules_qat(model, [names])
     assert type(fused[0]).__name__ == f"ConvBn{'ReLU' if relu else ''}{dim}d"
-    fused.qconfig = get_default_qat_qconfig("x86")
+    fused.qconfig = get_default_qat_qconfig(ENGINE)
     prepared = prepare_qat(fused)
     qat = prepared[0]
     assert type(qat) is (CONV_BN_RELU_QAT if relu else CONV_BN_QAT)[dim]
@@ -173,7 +174,7 @@ def test_prepare_fx_fuses_conv_bn(lib):
     model, x = fx_model(lib)
     model.eval()
     expected = model(x).detach()
-    prepared = prepare_fx(for_fx(copy.deepcopy(model)), get_default_qconfig_mapping("x86"), (x,))
+    prepared = prepare_fx(for_fx(copy.deepcopy(model)), get_default_qconfig_mapping(ENGINE), (x,))
     fused = {type(m) for m in prepared.modules()}
     assert nni.ConvReLU2d in fused and norm_types(prepared) == []  # every bn folded away
     with torch.no_grad():
@@ -186,7 +187,7 @@ def test_prepare_qat_fx_trains_as_the_float_model(lib):
     model, x = fx_model(lib)
     model.train()
     reference = copy.deepcopy(model)
-    prepared = prepare_qat_fx(for_fx(model), get_default_qat_qconfig_mapping("x86"), (x,))
+    prepared = prepare_qat_fx(for_fx(model), get_default_qat_qconfig_mapping(ENGINE), (x,))
     fused = {type(m) for m in prepared.modules()}
     assert {nniqat.ConvBnReLU2d, nniqat.ConvBn2d} <= fused
     prepared.apply(disable_fake_quant), prepared.apply(disable_observer)
@@ -201,7 +202,7 @@ def test_prepare_fx_without_conversion_leaves_normlab_layers_unfused():
     model (the layers trace under FX quantization's tracer); nothing is folded."""
     model, x = fx_model(normlab)
     model.eval()
-    prepared = prepare_fx(copy.deepcopy(model), get_default_qconfig_mapping("x86"), (x,))
+    prepared = prepare_fx(copy.deepcopy(model), get_default_qconfig_mapping(ENGINE), (x,))
     assert nni.ConvReLU2d not in {type(m) for m in prepared.modules()}
     with torch.no_grad():
         assert_rel(prepared(x), model(x), 1e-5, "observed model")
