@@ -3,7 +3,8 @@
 Each test runs twice, on ``torch.nn``'s own layers and on normlab's: the torch run shows
 that the test asks for what torch's layer does (it must pass), the normlab run that
 normlab's layer does the same. ``lib`` is the namespace the layers come from:
-``lib.BatchNorm2d(4)`` is ``torch.nn.BatchNorm2d(4)`` or ``normlab.BatchNorm2d(4)``.
+``lib.BatchNorm2d(4)`` is ``torch.nn.BatchNorm2d(4)`` or ``normlab.BatchNorm2d(4)``; a test
+taking ``lib`` is marked ``@BOTH``.
 """
 
 from __future__ import annotations
@@ -19,10 +20,8 @@ CONV_TRANSPOSE = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTransp
 SPATIAL = {1: (7,), 2: (6, 5), 3: (4, 5, 3)}  # small, uneven sizes
 
 
-@pytest.fixture(params=["torch", "normlab"])
-def lib(request):
-    """The layers under test: ``torch.nn`` or ``normlab``."""
-    return nn if request.param == "torch" else normlab
+# what a test taking ``lib`` runs on
+BOTH = pytest.mark.parametrize("lib", [nn, normlab], ids=["torch", "normlab"])
 
 
 def batch_norm(lib, dim: int, channels: int, **kwargs) -> nn.Module:

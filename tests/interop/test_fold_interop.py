@@ -13,9 +13,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 import normlab
 from conftest import assert_rel
-from interop_cases import CONV, CONV_TRANSPOSE, SPATIAL, batch_norm, lib, norm_types, rand, randomize  # noqa: F401
+from interop_cases import BOTH, CONV, CONV_TRANSPOSE, SPATIAL, batch_norm, norm_types, rand, randomize
 
 
+@BOTH
 @pytest.mark.parametrize("dim", [1, 2, 3])
 @pytest.mark.parametrize("transpose", [False, True])
 def test_fuse_conv_bn_eval(lib, dim, transpose):
@@ -27,6 +28,7 @@ def test_fuse_conv_bn_eval(lib, dim, transpose):
         assert_rel(fused(x), model(x), 1e-5, "folded conv")
 
 
+@BOTH
 def test_fuse_linear_bn_eval(lib):
     torch.manual_seed(0)
     x = rand(8, 5)
@@ -67,6 +69,7 @@ class ConvNet(nn.Module):
         return self.bn2(self.conv2(y.flatten(2)))
 
 
+@BOTH
 def test_fx_optimization_fuse_folds_torch_batch_norms(lib):
     """FX's inference fusion sees torch's layers; normlab's, converted to torch's (the same
     parameter and buffer objects), fold the same."""

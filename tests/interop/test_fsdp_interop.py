@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import nn
 
 from conftest import assert_rel
-from interop_cases import lib, rand  # noqa: F401
+from interop_cases import BOTH, rand
 
 fsdp = pytest.importorskip("torch.distributed.fsdp")
 
@@ -61,6 +61,7 @@ def wrap(model, **kwargs):
         )  # fmt: skip
 
 
+@BOTH
 def test_fsdp_mixed_precision_keeps_batch_norm_in_float32(lib, one_process_group):
     model, seen = model_and_dtypes(lib)
     bn = model[1]
@@ -74,6 +75,7 @@ def test_fsdp_mixed_precision_keeps_batch_norm_in_float32(lib, one_process_group
     assert_rel(bn.num_batches_tracked.float(), torch.tensor(1.0), 0, "num_batches_tracked")
 
 
+@BOTH
 def test_fsdp_without_auto_wrapping_casts_batch_norm_too(lib, one_process_group):
     """The exclusion is applied when FSDP wraps modules itself: wrapping the whole model by hand
     casts every layer, torch's batch norms as normlab's."""

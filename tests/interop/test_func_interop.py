@@ -13,7 +13,7 @@ from torch.func import functional_call, grad, replace_all_batch_norm_modules_, s
 
 import normlab
 from conftest import assert_rel
-from interop_cases import lib, rand, randomize  # noqa: F401
+from interop_cases import BOTH, rand, randomize
 
 
 def net(lib, seed=0, track_running_stats=True):
@@ -28,6 +28,7 @@ def net(lib, seed=0, track_running_stats=True):
 # --- replace_all_batch_norm_modules_ -------------------------------------------------------------
 
 
+@BOTH
 def test_replace_all_batch_norm_modules_drops_the_running_statistics(lib):
     x = rand(6, 3, 6, 5)
     model = randomize(net(lib), x)
@@ -81,6 +82,7 @@ def call(base):
     return lambda params, buffers, x: functional_call(base, (params, buffers), (x,))
 
 
+@BOTH
 def test_vmap_over_an_ensemble_in_eval(lib):
     models = [m.eval() for m in ensemble(lib)]
     params, buffers = stack_module_state(models)
@@ -90,6 +92,7 @@ def test_vmap_over_an_ensemble_in_eval(lib):
     assert_rel(out, torch.stack([m(x) for m in models]), 1e-5, "ensemble outputs")
 
 
+@BOTH
 def test_vmap_over_an_ensemble_in_training_without_running_statistics(lib):
     """Each model normalizes its own minibatch with its batch statistics; the gradients of the
     stacked parameters are each model's own."""
@@ -111,6 +114,7 @@ def test_vmap_over_an_ensemble_in_training_without_running_statistics(lib):
             assert_rel(grads[name][i], p.grad, 1e-4, f"model {i}: grad of {name}")
 
 
+@BOTH
 def test_vmap_over_an_ensemble_in_training_with_running_statistics(lib):
     """vmap batches the in-place update of the stacked running statistics: each model's are
     updated as they would be by the model alone."""
@@ -125,6 +129,7 @@ def test_vmap_over_an_ensemble_in_training_with_running_statistics(lib):
         assert_rel(stacked, expected, 0 if name.endswith("num_batches_tracked") else 1e-5, name)
 
 
+@BOTH
 def test_vmap_in_training_after_replace_all_batch_norm_modules(lib):
     """torch.func's recipe for batch norm under vmap: no running statistics at all."""
     models = [replace_all_batch_norm_modules_(m).train() for m in ensemble(lib)]
@@ -135,6 +140,7 @@ def test_vmap_in_training_after_replace_all_batch_norm_modules(lib):
     assert_rel(out, torch.stack([m(x) for m, x in zip(models, xs)]), 1e-5, "ensemble outputs")
 
 
+@BOTH
 def test_per_sample_gradients_through_batch_norm_in_eval(lib):
     """In eval a batch norm is an affine map per channel: each sample's gradient is its own."""
     model = randomize(net(lib), rand(6, 3, 6, 5)).eval()

@@ -30,7 +30,7 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qa
 
 import normlab
 from conftest import assert_rel
-from interop_cases import CONV, CONV_TRANSPOSE, SPATIAL, batch_norm, lib, norm_types, rand, randomize  # noqa: F401
+from interop_cases import BOTH, CONV, CONV_TRANSPOSE, SPATIAL, batch_norm, norm_types, rand, randomize
 
 # torch.ao.quantization warns of its move to torchao, and is still there (2.13)
 pytestmark = pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
@@ -53,6 +53,7 @@ def conv_bn(lib, dim, relu=True, transpose=False):
 # --- eager mode: inference ---------------------------------------------------------------------
 
 
+@BOTH
 @pytest.mark.parametrize("dim", [1, 2, 3])
 def test_fuse_modules_folds_conv_bn_relu_for_inference(lib, dim):
     model, x = conv_bn(lib, dim)
@@ -64,6 +65,7 @@ def test_fuse_modules_folds_conv_bn_relu_for_inference(lib, dim):
         assert_rel(fused(x), model(x), 1e-5, "fused output")
 
 
+@BOTH
 @pytest.mark.parametrize("dim", [1, 2, 3])
 @pytest.mark.parametrize("transpose", [False, True])
 def test_fuse_modules_folds_conv_bn_for_inference(lib, dim, transpose):
@@ -75,6 +77,7 @@ def test_fuse_modules_folds_conv_bn_for_inference(lib, dim, transpose):
         assert_rel(fused(x), model(x), 1e-5, "fused output")
 
 
+@BOTH
 def test_fuse_modules_folds_linear_bn_for_inference(lib):
     torch.manual_seed(0)
     x = rand(8, 5)
@@ -85,6 +88,7 @@ def test_fuse_modules_folds_linear_bn_for_inference(lib):
         assert_rel(fused(x), model(x), 1e-5, "fused output")
 
 
+@BOTH
 @pytest.mark.parametrize("dim", [2, 3])
 def test_fuse_modules_fuses_bn_relu(lib, dim):
     x = rand(2, 4, *SPATIAL[dim])
@@ -95,6 +99,7 @@ def test_fuse_modules_fuses_bn_relu(lib, dim):
         assert_rel(fused(x), model(x), 1e-6, "fused output")
 
 
+@BOTH
 def test_fused_model_quantizes_end_to_end(lib):
     """Post-training static quantization: fuse, observe, convert; the quantized conv computes
     what the float model does, to quantization error."""
@@ -114,6 +119,7 @@ def test_fused_model_quantizes_end_to_end(lib):
 # --- eager mode: quantization-aware training --------------------------------------------------------
 
 
+@BOTH
 @pytest.mark.parametrize("dim", [1, 2, 3])
 @pytest.mark.parametrize("relu", [False, True])
 def test_fuse_modules_qat_trains_as_conv_then_batch_norm(lib, dim, relu):
@@ -170,6 +176,7 @@ def for_fx(model):
     return normlab.convert(model, to="torch")
 
 
+@BOTH
 def test_prepare_fx_fuses_conv_bn(lib):
     model, x = fx_model(lib)
     model.eval()
@@ -183,6 +190,7 @@ def test_prepare_fx_fuses_conv_bn(lib):
         assert_rel(quantized(x), expected, 0.05, "quantized model")
 
 
+@BOTH
 def test_prepare_qat_fx_trains_as_the_float_model(lib):
     model, x = fx_model(lib)
     model.train()

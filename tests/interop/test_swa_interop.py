@@ -10,7 +10,7 @@ from torch.optim.swa_utils import update_bn
 
 import normlab
 from conftest import assert_rel
-from interop_cases import lib, rand  # noqa: F401
+from interop_cases import BOTH, rand
 
 SIZES = (5, 3, 4, 6)  # uneven batches: a cumulative average weighs each batch, not each sample
 
@@ -31,6 +31,7 @@ def spoil(bn):
         bn.running_mean.fill_(100.0), bn.running_var.fill_(1e-3), bn.num_batches_tracked.fill_(7)
 
 
+@BOTH
 def test_update_bn_recomputes_the_statistics(lib):
     torch.manual_seed(0)
     model = nn.Sequential(lib.BatchNorm2d(3, momentum=0.3), nn.Conv2d(3, 4, 3), lib.BatchNorm2d(4)).eval()
@@ -49,6 +50,7 @@ def test_update_bn_recomputes_the_statistics(lib):
     assert not model[2].training  # put back
 
 
+@BOTH
 def test_update_bn_gives_torchs_statistics(lib):
     """The same model built from torch's layers and from ``lib``'s ends with the same statistics."""
     def build(lib):

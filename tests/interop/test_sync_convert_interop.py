@@ -9,16 +9,16 @@ Outside a process group (as here) torch's SyncBatchNorm is torch's batch norm.
 """
 
 import pytest
-import torch
 from torch import nn
 
 import normlab
 from conftest import assert_rel
-from interop_cases import SPATIAL, batch_norm, lib, rand, randomize  # noqa: F401
+from interop_cases import BOTH, SPATIAL, batch_norm, rand, randomize
 
 STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
+@BOTH
 @pytest.mark.parametrize("dim", [1, 2, 3])
 def test_torch_converter_converts_batch_norm(lib, dim):
     x = rand(4, 3, *SPATIAL[dim])

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from conftest import assert_rel
-from interop_cases import lib, rand, randomize  # noqa: F401
+from interop_cases import BOTH, rand, randomize
 from vision_libraries import import_timm
 
 
@@ -21,6 +21,7 @@ def model_and_input(lib):
     return randomize(nn.Sequential(nn.Conv2d(3, 4, 3), lib.BatchNorm2d(4), nn.ReLU()), x), x
 
 
+@BOTH
 def test_timm_freeze_batch_norm_2d(lib):
     timm = import_timm()
     model, x = model_and_input(lib)
@@ -31,6 +32,7 @@ def test_timm_freeze_batch_norm_2d(lib):
     assert_rel(frozen(x), expected, 1e-6, "frozen output")
 
 
+@BOTH
 def test_timm_convert_sync_batchnorm(lib):
     timm = import_timm()
     model, x = model_and_input(lib)

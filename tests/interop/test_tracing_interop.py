@@ -21,7 +21,7 @@ from torch import nn
 
 import normlab
 from conftest import assert_rel
-from interop_cases import lib, rand, randomize  # noqa: F401
+from interop_cases import rand, randomize
 
 X_SHAPE = (6, 4, 5, 3)  # every layer sees this input, reshaped: (6, 4, 15) for 1-d, (6, 4, 1, 5, 3) for 3-d
 TO_1D, TO_3D = (lambda: nn.Flatten(2)), (lambda: nn.Unflatten(2, (1, 5)))
