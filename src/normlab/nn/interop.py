@@ -17,16 +17,16 @@ torch's tools look the exact class up instead, and do not see a subclass:
   model with normlab's layers as it does with torch's, with nothing for the user to do.
   The same entries are :data:`FUSER_METHODS`, for torch's public per-call argument
   ``fuse_custom_config_dict={"additional_fuser_method_mapping": FUSER_METHODS}``.
-- **FX graph mode quantization** (``prepare_fx``, ``prepare_qat_fx``) traces into every
-  module whose class is defined outside ``torch.nn`` and matches fusion patterns by
-  exact module type; neither rule can be extended short of a custom configuration on
-  every call. Convert the model to torch's layers first, which keeps the very
-  parameter and buffer objects and computes the same::
+- **FX graph mode quantization** (``prepare_fx``, ``prepare_qat_fx``) sees each normlab
+  layer as one module call, as it sees torch's, but matches its fusion patterns
+  (``(nn.Conv2d, nn.BatchNorm2d, nn.ReLU)``, ...) by exact class, in a configuration
+  built afresh on every call unless the caller passes one. Convert the model to torch's
+  layers first, which keeps the very parameter and buffer objects and computes the same::
 
       prepared = prepare_fx(normlab.convert(model, to="torch"), qconfig_mapping, example_inputs)
 
-  ``torch.fx.experimental.optimization.fuse`` (the same tracer and exact types) is in
-  the same case; ``normlab.fold_batchnorm`` folds normlab's and torch's layers alike.
+  ``torch.fx.experimental.optimization.fuse`` (exact classes too) is in the same case;
+  ``normlab.fold_batchnorm`` folds normlab's and torch's layers alike.
 
 Only batch norm proper is registered: the fused modules train it as torch's batch norm
 (QAT), which is what normlab's ``BatchNorm1d/2d/3d`` compute. A variant that trains
@@ -89,7 +89,7 @@ def _fuser_methods(torch_table: dict) -> dict:
 
 
 def _torch_fusion_table() -> dict | None:
-    """torch.ao's table of eager fusers (its name has been stable from torch 1.9 to 2.13), or None."""
+    """torch.ao's table of eager fusers (the name it has in torch 2.4 to 2.14), or None."""
     try:
         from torch.ao.quantization import fuser_method_mappings
     except ImportError:  # a torch built without torch.ao.quantization
