@@ -1,12 +1,15 @@
 """torch.ao quantization's fusions with batch norm: eager ``fuse_modules`` (inference) and
-``fuse_modules_qat`` (quantization-aware training), and FX graph mode (``prepare_fx``,
-``prepare_qat_fx``, ``convert_fx``).
+``fuse_modules_qat`` (quantization-aware training), and FX graph mode (``fuse_fx``,
+``prepare_fx``, ``prepare_qat_fx``, ``convert_fx``).
 
 Eager fusion finds its fuser by the exact ``(type(conv), type(bn), ...)``; normlab's
 batch norms are in that table because ``normlab.nn.interop`` puts them there when
-normlab.nn is imported (a user does nothing). FX graph mode traces into every module
-defined outside torch.nn and matches patterns by exact type, so a model with normlab's
-layers is converted to torch's first: ``prepare_fx(normlab.convert(model, to="torch"), ...)``.
+normlab.nn is imported (a user does nothing). FX graph mode matches its patterns by exact
+class in a backend config that torch builds afresh on every call, so it is given
+``normlab.nn.interop.backend_config()``: torch's native config with normlab's batch norms
+beside torch's. The torch run of each FX test passes the same config, which must change
+nothing for torch's layers; the normlab run is compared with torch's layers given torch's
+own config.
 """
 
 import copy
@@ -26,9 +29,11 @@ from torch.ao.quantization import (
     get_default_qconfig_mapping,
     prepare_qat,
 )
-from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qat_fx
+from torch.ao.quantization.backend_config import get_native_backend_config
+from torch.ao.quantization.quantize_fx import convert_fx, fuse_fx, prepare_fx, prepare_qat_fx
 
 import normlab
+from normlab.nn.interop import backend_config
 from conftest import assert_rel
 from interop_cases import BOTH, CONV, CONV_TRANSPOSE, SPATIAL, batch_norm, norm_types, rand, randomize
 
@@ -170,24 +175,60 @@ def fx_model(lib):
     return randomize(Net(lib), x), x
 
 
-def for_fx(model):
-    """What a model goes through before FX quantization: normlab's layers become torch's (the
-    same parameter and buffer objects); a torch model is left as it is."""
-    return normlab.convert(model, to="torch")
+def with_torch_layers(model):
+    """A copy of ``model`` with torch's layers in place of normlab's: what torch's own FX
+    quantization, given no configuration, does to the same network."""
+    return normlab.convert(copy.deepcopy(model), to="torch")
+
+
+def submodule_types(graph_module):
+    return [type(m) for m in list(graph_module.modules())[1:]]  # the root's class fx makes anew
 
 
 @BOTH
-def test_prepare_fx_fuses_conv_bn(lib):
+def test_fuse_fx_folds_every_batch_norm_as_torch_does(lib):
+    model, x = fx_model(lib)
+    model.eval()
+    fused = fuse_fx(copy.deepcopy(model), backend_config=backend_config())
+    torch_fused = fuse_fx(with_torch_layers(model))
+    assert norm_types(fused) == []  # each batch norm folded into the conv or linear before it
+    assert submodule_types(fused) == submodule_types(torch_fused)
+    assert nni.ConvReLU2d in submodule_types(fused)
+    with torch.no_grad():
+        assert_rel(fused(x), torch_fused(x), 1e-6, "fused output, against torch's fused model")
+        assert_rel(fused(x), model(x), 1e-5, "fused output, against the model")
+
+
+@BOTH
+@pytest.mark.parametrize("dim", [2, 3])
+def test_fuse_fx_fuses_bn_relu(lib, dim):
+    x = rand(2, 4, *SPATIAL[dim])
+    model = randomize(nn.Sequential(batch_norm(lib, dim, 4), nn.ReLU()), x).eval()
+    fused = fuse_fx(copy.deepcopy(model), backend_config=backend_config())
+    assert type(fused.get_submodule("0")) is BN_RELU[dim]
+    with torch.no_grad():
+        assert_rel(fused(x), model(x), 1e-6, "fused output")
+
+
+@BOTH
+def test_prepare_fx_fuses_conv_bn_and_quantizes_as_torch_does(lib):
     model, x = fx_model(lib)
     model.eval()
     expected = model(x).detach()
-    prepared = prepare_fx(for_fx(copy.deepcopy(model)), get_default_qconfig_mapping(ENGINE), (x,))
-    fused = {type(m) for m in prepared.modules()}
-    assert nni.ConvReLU2d in fused and norm_types(prepared) == []  # every bn folded away
+    config = backend_config()
+    qconfig_mapping = get_default_qconfig_mapping(ENGINE)
+    prepared = prepare_fx(copy.deepcopy(model), qconfig_mapping, (x,), backend_config=config)
+    torch_prepared = prepare_fx(with_torch_layers(model), qconfig_mapping, (x,))
+    assert nni.ConvReLU2d in submodule_types(prepared) and norm_types(prepared) == []  # every bn folded away
+    assert submodule_types(prepared) == submodule_types(torch_prepared)
     with torch.no_grad():
         assert_rel(prepared(x), expected, 1e-5, "observed model")
-        quantized = convert_fx(prepared)
-        assert_rel(quantized(x), expected, 0.05, "quantized model")
+        torch_prepared(x)
+        quantized = convert_fx(prepared, backend_config=config)
+        torch_quantized = convert_fx(torch_prepared)
+        assert submodule_types(quantized) == submodule_types(torch_quantized)
+        assert_rel(quantized(x), torch_quantized(x), 1e-6, "quantized model, against torch's")
+        assert_rel(quantized(x), expected, 0.05, "quantized model, against the float model")
 
 
 @BOTH
@@ -195,22 +236,58 @@ def test_prepare_qat_fx_trains_as_the_float_model(lib):
     model, x = fx_model(lib)
     model.train()
     reference = copy.deepcopy(model)
-    prepared = prepare_qat_fx(for_fx(model), get_default_qat_qconfig_mapping(ENGINE), (x,))
-    fused = {type(m) for m in prepared.modules()}
+    prepared = prepare_qat_fx(model, get_default_qat_qconfig_mapping(ENGINE), (x,), backend_config=backend_config())
+    fused = set(submodule_types(prepared))
     assert {nniqat.ConvBnReLU2d, nniqat.ConvBn2d} <= fused
     prepared.apply(disable_fake_quant), prepared.apply(disable_observer)
     assert_rel(prepared(x), reference(x), 1e-4, "training output")
     qat_bn = [m.bn for m in prepared.modules() if isinstance(m, (nniqat.ConvBnReLU2d, nniqat.ConvBn2d))]
+    assert qat_bn[0].running_var is model.bn1.running_var  # the layer's own buffer, trained in place
     assert_rel(qat_bn[0].running_var, reference.bn1.running_var, 1e-5, "bn1.running_var")
 
 
-def test_prepare_fx_without_conversion_leaves_normlab_layers_unfused():
-    """What ``for_fx`` is for: FX quantization matches its fusion patterns by exact class, so a
-    normlab batch norm is not fused with its conv. The prepared model still computes the float
-    model (the layers trace under FX quantization's tracer); nothing is folded."""
+@BOTH
+def test_a_lone_batch_norm_quantizes_to_the_same_output(lib):
+    """A batch norm with nothing before it to fold into: torch's lowering turns torch's into its
+    quantized batch norm (a fixed list of torch's classes); normlab's stays in floating point
+    between a dequantize and a quantize, and the quantized model computes the same."""
+    torch.manual_seed(0)
+    x = rand(2, 3, 6, 5)
+    model = randomize(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), lib.BatchNorm2d(4), nn.Conv2d(4, 2, 1)), x).eval()
+    config = backend_config()
+    qconfig_mapping = get_default_qconfig_mapping(ENGINE)
+    prepared = prepare_fx(copy.deepcopy(model), qconfig_mapping, (x,), backend_config=config)
+    torch_prepared = prepare_fx(with_torch_layers(model), qconfig_mapping, (x,))
+    with torch.no_grad():
+        prepared(x), torch_prepared(x)
+    quantized, torch_quantized = convert_fx(prepared, backend_config=config), convert_fx(torch_prepared)
+    lone = type(quantized.get_submodule("2"))
+    assert lone is (torch.ao.nn.quantized.BatchNorm2d if lib is nn else normlab.BatchNorm2d)
+    with torch.no_grad():
+        assert_rel(quantized(x), torch_quantized(x), 1e-6, "quantized model, against torch's")
+
+
+def test_backend_config_adds_normlab_patterns_and_keeps_torch_s():
+    native = get_native_backend_config()
+    before = [c.pattern for c in native.configs]
+    config = backend_config(native)
+    patterns = [c.pattern for c in config.configs]
+    assert [c.pattern for c in native.configs] == before  # the base is not modified
+    assert set(before) < set(patterns)
+    assert (nn.Conv2d, normlab.BatchNorm2d, nn.ReLU) in patterns and (nn.Linear, normlab.BatchNorm1d) in patterns
+    torch_batch_norms = {nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d}
+    with_torch_bn = [p for p in before if torch_batch_norms & set(p if isinstance(p, tuple) else (p,))]
+    assert len(patterns) == len(before) + len(with_torch_bn)  # one normlab twin for each
+
+
+def test_fx_quantization_without_the_backend_config_leaves_normlab_layers_unfused():
+    """What :func:`backend_config` is for: torch's own config matches its fusion patterns by
+    exact class, so a normlab batch norm is not fused with its conv. The prepared model still
+    computes the float model (the layers are one call in FX quantization's graph); nothing is
+    folded."""
     model, x = fx_model(normlab)
     model.eval()
     prepared = prepare_fx(copy.deepcopy(model), get_default_qconfig_mapping(ENGINE), (x,))
-    assert nni.ConvReLU2d not in {type(m) for m in prepared.modules()}
+    assert nni.ConvReLU2d not in submodule_types(prepared) and normlab.BatchNorm2d in submodule_types(prepared)
     with torch.no_grad():
         assert_rel(prepared(x), model(x), 1e-5, "observed model")

@@ -17,16 +17,29 @@ torch's tools look the exact class up instead, and do not see a subclass:
   model with normlab's layers as it does with torch's, with nothing for the user to do.
   The same entries are :data:`FUSER_METHODS`, for torch's public per-call argument
   ``fuse_custom_config_dict={"additional_fuser_method_mapping": FUSER_METHODS}``.
-- **FX graph mode quantization** (``prepare_fx``, ``prepare_qat_fx``) sees each normlab
-  layer as one module call, as it sees torch's, but matches its fusion patterns
-  (``(nn.Conv2d, nn.BatchNorm2d, nn.ReLU)``, ...) by exact class, in a configuration
-  built afresh on every call unless the caller passes one. Convert the model to torch's
-  layers first, which keeps the very parameter and buffer objects and computes the same::
+- **FX graph mode quantization** (``prepare_fx``, ``prepare_qat_fx``, ``fuse_fx``,
+  ``convert_fx``) records each normlab layer as one module call, as it records torch's,
+  and matches its fusion patterns (``(nn.Conv2d, nn.BatchNorm2d, nn.ReLU)``, ...) by exact
+  class, in a :class:`~torch.ao.quantization.backend_config.BackendConfig`. There is no
+  table to register in: given no config, torch builds its native one afresh on every
+  call from constants that name torch's classes (and lowers a lone batch norm by a list
+  local to a function); reaching them would mean replacing torch's functions where its
+  fuse, prepare and convert passes imported them, a patch of the library normlab plugs
+  into that no caller could see. :func:`backend_config` is that config (or the
+  one given) with normlab's batch norms beside torch's, fused by torch's fusers on torch's
+  batch norm holding the normlab layer's parameters and buffers; pass it where the
+  backend config goes::
 
-      prepared = prepare_fx(normlab.convert(model, to="torch"), qconfig_mapping, example_inputs)
+      from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+      from normlab.nn.interop import backend_config
 
-  ``torch.fx.experimental.optimization.fuse`` (exact classes too) is in the same case;
-  ``normlab.fold_batchnorm`` folds normlab's and torch's layers alike.
+      config = backend_config()
+      prepared = prepare_fx(model, qconfig_mapping, example_inputs, backend_config=config)
+      quantized = convert_fx(prepared, backend_config=config)
+
+  ``torch.fx.experimental.optimization.fuse`` (exact classes, no configuration) leaves
+  normlab's layers as they are; ``normlab.fold_batchnorm`` folds normlab's and torch's
+  layers alike.
 
 Only batch norm proper is registered: the fused modules train it as torch's batch norm
 (QAT), which is what normlab's ``BatchNorm1d/2d/3d`` compute. A variant that trains
@@ -42,7 +55,7 @@ from torch import nn
 
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
-__all__ = ["FUSER_METHODS", "register"]
+__all__ = ["FUSER_METHODS", "backend_config", "register"]
 
 # normlab's class -> the torch class torch.ao's fused modules expect
 TORCH_BATCH_NORM: dict[type, type] = {
@@ -63,28 +76,42 @@ def as_torch_batch_norm(bn: nn.Module, cls: type) -> nn.Module:
     return torch_bn.train(bn.training)
 
 
-def _on_torch_batch_norm(fuser: Callable, position: int, cls: type) -> Callable:
-    """``fuser`` (torch's, called as ``fuser(is_qat, *modules)``) with the module at ``position``
-    handed over as torch's batch norm ``cls``."""
+def _on_torch_batch_norms(fuser: Callable) -> Callable:
+    """``fuser`` (torch's, called as ``fuser(is_qat, *modules)``, the modules nested in tuples
+    for FX's reversed patterns) with every normlab batch norm among them handed over as torch's."""
 
-    def fuse(is_qat: bool, *modules: nn.Module):
-        modules = list(modules)
-        modules[position] = as_torch_batch_norm(modules[position], cls)
-        return fuser(is_qat, *modules)
+    def torch_batch_norms(module):
+        if isinstance(module, tuple):
+            return tuple(map(torch_batch_norms, module))
+        cls = TORCH_BATCH_NORM.get(type(module))
+        return module if cls is None else as_torch_batch_norm(module, cls)
+
+    def fuse(is_qat: bool, *modules):
+        return fuser(is_qat, *map(torch_batch_norms, modules))
 
     return fuse
 
 
+def _with_normlab_classes(pattern):
+    """``pattern`` (a class, a function, or nested tuples of them) with each of torch's batch
+    norms replaced by normlab's; None if it has none."""
+    ours = {torch_cls: normlab_cls for normlab_cls, torch_cls in TORCH_BATCH_NORM.items()}
+    if isinstance(pattern, tuple):
+        parts = [_with_normlab_classes(p) for p in pattern]
+        if all(p is None for p in parts):
+            return None
+        return tuple(p if new is None else new for p, new in zip(pattern, parts))
+    return ours.get(pattern) if isinstance(pattern, type) else None
+
+
 def _fuser_methods(torch_table: dict) -> dict:
-    """For every entry of torch's table with one of torch's batch norms in it, the same entry
-    with normlab's class in its place."""
+    """For every entry of torch's eager table with one of torch's batch norms in it, the same
+    entry with normlab's class in its place."""
     ours = {}
-    for normlab_cls, torch_cls in TORCH_BATCH_NORM.items():
-        for key, fuser in torch_table.items():
-            if isinstance(key, tuple) and torch_cls in key:
-                position = key.index(torch_cls)
-                new_key = key[:position] + (normlab_cls,) + key[position + 1 :]
-                ours[new_key] = _on_torch_batch_norm(fuser, position, torch_cls)
+    for key, fuser in torch_table.items():
+        new_key = _with_normlab_classes(key) if isinstance(key, tuple) else None
+        if new_key is not None:
+            ours[new_key] = _on_torch_batch_norms(fuser)
     return ours
 
 
@@ -111,3 +138,44 @@ def register() -> None:
 
 
 register()
+
+
+def backend_config(base=None):
+    """FX quantization's backend config that fuses normlab's batch norms as torch's.
+
+    Args:
+        base: a :class:`~torch.ao.quantization.backend_config.BackendConfig` (default: torch's
+            native one, what ``prepare_fx`` uses when given none); it is not modified.
+
+    Returns a new ``BackendConfig`` with every pattern of ``base`` and, for each pattern with
+    torch's ``BatchNorm1d/2d/3d`` in it (conv + bn (+ ReLU), linear + bn, transposed conv + bn,
+    bn + ReLU, a lone bn), the same pattern with normlab's class: same observation, dtypes,
+    fused module, and torch's fuser called on torch's batch norm holding the normlab layer's
+    parameters and buffers (the same objects). One difference remains: ``convert_fx`` lowers
+    a lone torch batch norm (none before it to fold into) to torch's quantized batch norm, by
+    a fixed list of torch's classes, and leaves normlab's in floating point between a
+    dequantize and a quantize, computing the same. Pass it to ``prepare_fx``, ``prepare_qat_fx``,
+    ``fuse_fx`` and ``convert_fx`` as ``backend_config=``. Example::
+
+        >>> from torch.ao.quantization.quantize_fx import fuse_fx
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), BatchNorm2d(4), nn.ReLU()).eval()
+        >>> fused = fuse_fx(model, backend_config=backend_config())
+        >>> type(fused.get_submodule("0")).__name__  # conv, batch norm folded in, and ReLU
+        'ConvReLU2d'
+    """
+    from torch.ao.quantization.backend_config import BackendConfig, BackendPatternConfig, get_native_backend_config
+
+    base = get_native_backend_config() if base is None else base
+    config = BackendConfig(base.name).set_backend_pattern_configs(base.configs)
+    for torch_config in base.configs:
+        entries = torch_config.to_dict()
+        key = "pattern" if torch_config.pattern is not None else "pattern_complex_format"
+        pattern = _with_normlab_classes(entries[key])
+        if pattern is None:
+            continue
+        entries[key] = pattern
+        if torch_config.fuser_method is not None:
+            entries["fuser_method"] = _on_torch_batch_norms(torch_config.fuser_method)
+        config.set_backend_pattern_config(BackendPatternConfig.from_dict(entries))
+    return config
+
