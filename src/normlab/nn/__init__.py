@@ -17,6 +17,8 @@ from .norms import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, La
 from .sync import SyncBatchNorm, SyncBatchRenorm, convert_sync_batchnorm
 from .weightnorm import MeanOnlyBatchNorm, WeightNorm, data_dependent_init, weight_norm
 
+from . import interop  # noqa: E402, F401  (registers with torch.ao's eager fusion)
+
 __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
