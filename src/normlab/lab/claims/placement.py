@@ -16,7 +16,7 @@ own learning rate, as a practitioner would tune it. Here:
   act -> BN``, the linear map keeping its bias) the activation, for ReLU and sigmoid;
 * Adam (the Keras default optimizer), batch 60, at each rate of :data:`RATES` (the
   Keras default 1e-3 and half a decade either side);
-* two budgets, 1000 and 3000 steps (full: 1500 and 4500; tiny: 10 and 20): the same
+* two budgets, 600 and 1800 steps (full: 1500 and 4500; tiny: 10 and 20): the same
   runs, read at their first log and at their end, because the sign of the difference
   can depend on how long one trains;
 * per network, activation, placement and budget, the learning rate with the best mean
@@ -57,8 +57,13 @@ RATES = (3e-4, 1e-3, 3e-3)  # Adam's; the Keras default in the middle
 PLACEMENTS = ("before", "after")
 
 
+QUICK_CNN_WIDTH = 16  # the quick profile's CNN: a quarter of the convolutions' work, for the minutes the profile has
+
+
 def runs(profile: Profile) -> list[RunConfig]:
-    short, long = profile.pick((10, 20), (1000, 3000), (1500, 4500))
+    short, long = profile.pick((10, 20), (600, 1800), (1500, 4500))
+    networks = [replace(spec, width=QUICK_CNN_WIDTH, final_width=QUICK_CNN_WIDTH)
+                if profile.name == "quick" and spec.kind == "cnn" else spec for spec in NETWORKS.values()]
     return [
         RunConfig(
             replace(spec, activation=act, placement=placement),
@@ -70,7 +75,7 @@ def runs(profile: Profile) -> list[RunConfig]:
             eval_every=short,  # the short budget is the first log, the long one the last
             seed=seed,
         )
-        for spec in NETWORKS.values()
+        for spec in networks
         for act in ACTIVATIONS
         for placement in PLACEMENTS
         for lr in RATES
