@@ -4,6 +4,8 @@ A claim declares its source, what it measures and its criterion before anything 
 and turns the runs' numbers into figures and the comparisons its verdict comes from
 (see :mod:`.base`, and :mod:`normlab.lab.stats` for the rule). Adding a
 claim: write a module with a ``CLAIM = Claim(...)`` and add it to the list below.
+The source experiments as written (:data:`SOURCES`, in :mod:`.sources`) are claims
+too, run by the sources profile; :data:`ALL` holds both.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from . import faster_training, higher_learning_rates, saturating_activations, st
 from . import ghost_batches, init_robustness, placement, regularization, small_batches
 from . import bn_only_training, inference_statistics, noisy_bn, recurrent
 from .base import PROFILES, Claim, Profile, Run
+from .sources import SOURCES
 
 CLAIMS: dict[str, Claim] = {
     c.name: c
@@ -32,4 +35,27 @@ CLAIMS: dict[str, Claim] = {
     ]
 }
 
-__all__ = ["CLAIMS", "Claim", "Profile", "PROFILES", "Run"]
+ALL: dict[str, Claim] = {**CLAIMS, **SOURCES}
+
+
+def for_profile(profile: str, names: list[str] | None = None) -> list[Claim]:
+    """The claims ``names`` that the profile named ``profile`` runs, by default all of them:
+    the source experiments in ``sources``, the claims in ``quick`` and ``full``, and either
+    in ``tiny`` (a test budget; by default the claims). Raises ``ValueError`` naming a name
+    that is unknown or that the profile does not run."""
+    default = SOURCES if profile == "sources" else CLAIMS
+    allowed = ALL if profile == "tiny" else default
+    names = list(default) if names is None else list(names)
+    unknown = [n for n in names if n not in ALL]
+    if unknown:
+        raise ValueError(
+            f"unknown claim(s) {', '.join(unknown)}; the claims are: {', '.join(CLAIMS)}; "
+            f"the source experiments (profile sources): {', '.join(SOURCES)}"
+        )
+    wrong = [n for n in names if n not in allowed]
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)} cannot run in the {profile} profile, which runs {', '.join(allowed)}")
+    return [ALL[n] for n in names]
+
+
+__all__ = ["CLAIMS", "SOURCES", "ALL", "for_profile", "Claim", "Profile", "PROFILES", "Run"]
