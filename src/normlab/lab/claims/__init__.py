@@ -13,6 +13,7 @@ from __future__ import annotations
 from . import faster_training, higher_learning_rates, saturating_activations, stable_distributions
 from . import ghost_batches, init_robustness, placement, regularization, small_batches
 from . import bn_only_training, inference_statistics, noisy_bn, recurrent
+from . import inference_overhead, learning_rate_tuning, shifted_data, vanishing_gradients
 from .base import PROFILES, Claim, Profile, Run
 from .sources import SOURCES
 
@@ -32,6 +33,10 @@ CLAIMS: dict[str, Claim] = {
         inference_statistics.CLAIM,
         recurrent.CLAIM,
         bn_only_training.CLAIM,
+        inference_overhead.CLAIM,
+        vanishing_gradients.CLAIM,
+        learning_rate_tuning.CLAIM,
+        shifted_data.CLAIM,
     ]
 }
 
