@@ -33,7 +33,7 @@ def cifar(tmp_path_factory):
     return folder
 
 
-# --- data: the tutorial's random labels, the blog post's centring, finding CIFAR ------------------
+# --- data: the tutorial's random labels, the blog post's centering, finding CIFAR ------------------
 
 
 def test_random_binary_is_the_tutorials_synthetic_data():
@@ -55,10 +55,10 @@ def test_center_subtracts_each_splits_own_mean_and_none_keeps_the_values(tmp_pat
         write_cifar_batch(tmp_path / f"data_batch_{i}", 10, seed=i)
     write_cifar_batch(tmp_path / "test_batch", 30, pixels=pixels)
     raw = pixels.reshape(-1, 3, 32, 32).astype(np.float64)
-    centred = data.load(str(tmp_path), "center")
+    centered = data.load(str(tmp_path), "center")
     # the blog post's x_test - x_test.mean(): one number, over every pixel and channel of the split, no scaling
-    np.testing.assert_allclose(centred.x_test.numpy(), raw - raw.mean(), atol=1e-4)
-    for x in (centred.x_train, centred.x_val, centred.x_test):
+    np.testing.assert_allclose(centered.x_test.numpy(), raw - raw.mean(), atol=1e-4)
+    for x in (centered.x_train, centered.x_val, centered.x_test):
         assert abs(float(x.double().mean())) < 1e-3
     kept = data.load(str(tmp_path), "none")
     np.testing.assert_array_equal(kept.x_test.numpy(), raw)
@@ -83,7 +83,7 @@ def test_find_cifar_in_a_folder_its_archives_extract_to(cifar, tmp_path):
 
 
 def keras_affine(image, shear_degrees, zx, zy):
-    """What Keras's apply_affine_transform does to one (C, H, W) image: its matrices, its centre, scipy."""
+    """What Keras's apply_affine_transform does to one (C, H, W) image: its matrices, its center, scipy."""
     from scipy import ndimage
 
     s = np.deg2rad(shear_degrees)

@@ -25,9 +25,9 @@ def affine(x: torch.Tensor, matrix: torch.Tensor, flip: torch.Tensor) -> torch.T
     then mirrored left to right where ``flip[i]``.
 
     ``matrix[i]`` ``(2, 2)`` maps an output pixel's (row, column) to the input's, about
-    Keras's centre ``(H / 2 + 0.5, W / 2 + 0.5)`` (``transform_matrix_offset_center``;
-    half a pixel past the true centre ``((H - 1) / 2, (W - 1) / 2)``, kept for
-    equivalence): ``input = matrix (output - centre) + centre``. Values between pixels
+    Keras's center ``(H / 2 + 0.5, W / 2 + 0.5)`` (``transform_matrix_offset_center``;
+    half a pixel past the true center ``((H - 1) / 2, (W - 1) / 2)``, kept for
+    equivalence): ``input = matrix (output - center) + center``. Values between pixels
     are interpolated bilinearly and outside the image taken from the nearest edge pixel,
     as ``scipy.ndimage.affine_transform(order=1, mode="nearest")`` does in Keras.
     """
@@ -37,7 +37,7 @@ def affine(x: torch.Tensor, matrix: torch.Tensor, flip: torch.Tensor) -> torch.T
     m = matrix.to(x.dtype).view(n, 4, 1, 1)
     source_row = m[:, 0] * rows + m[:, 1] * cols + (h / 2 + 0.5)
     source_col = m[:, 2] * rows + m[:, 3] * cols + (w / 2 + 0.5)
-    # grid_sample's coordinates: x (the column) then y (the row), -1 and 1 at the centres of the edge pixels
+    # grid_sample's coordinates: x (the column) then y (the row), -1 and 1 at the centers of the edge pixels
     grid = torch.stack([2 * source_col / max(w - 1, 1) - 1, 2 * source_row / max(h - 1, 1) - 1], dim=-1)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
     return torch.where(flip.view(n, 1, 1, 1), out.flip(-1), out)
@@ -54,7 +54,7 @@ def random_affine(
     (rows) and ``zy`` (columns) uniform in ``[1 - zoom, 1 + zoom]`` each (above 1 the
     image shrinks), a left-right mirror with probability 1/2. The affine map is Keras's
     ``shear_matrix @ zoom_matrix`` on (row, column), ``[[zx, -sin(s) zy], [0, cos(s) zy]]``,
-    applied about its centre by :func:`affine`, the mirror after it.
+    applied about its center by :func:`affine`, the mirror after it.
 
     Example::
 

@@ -5,9 +5,9 @@ samples. A *measure* sees a :class:`TrainingStep`: the model and its optimizer a
 ``step`` updates, the training batch of the next step, the loss on it, the run's
 config and data. It runs at every log (``at="logs"``: on the state after 0,
 ``eval_every``, ``2 * eval_every``, ... updates), once after the last step
-(``at="end"``) or at both (``at="all"``), and may do anything to the model, the optimizer and the RNG: the loop
-undoes it all before training goes on, so a measured run trains exactly as an
-unmeasured one. Its JSON-ready values go to the result's ``measures[name]`` as
+(``at="end"``) or at both (``at="all"``), and may do anything to the model, the
+optimizer and the RNG: the loop undoes it all before training goes on, so a measured
+run trains exactly as an unmeasured one. Its JSON-ready values go to the result's ``measures[name]`` as
 ``{"step": [...], "value": [...]}``.
 
 The measures here:

@@ -161,7 +161,7 @@ def plot(runs: list[Run], figures: dict):
             ax.boxplot(values, positions=[i], widths=0.6, patch_artist=True, boxprops={"facecolor": COLORS[name], "alpha": 0.5})
         ax.set_xticks(range(len(NETWORKS)), NETWORKS)
         ratio = figures[f"batch {b}: time ratio BN / no BN"]["mean"]
-        ax.set(ylabel="microseconds per forward pass (every round, every seed)", title=f"batch of {b}: BN / no BN = {ratio:.2f}x")
+        ax.set(ylabel="µs per forward pass", title=f"batch of {b}: BN / no BN = {ratio:.2f}x (all rounds and seeds)")
     return fig
 
 

@@ -22,7 +22,7 @@ of 2000 steps (measure ``heldout``). Where the post is silent or differs from th
 
 * its ``validation_data`` is the test set; ours is a tenth of the training files
   (stratified: the lab's validation split), the test split is judged at the end;
-* each split is centred on its own mean, as the post centres its training and test
+* each split is centered on its own mean, as the post centers its training and test
   sets (``preprocess="center"``: one number per split, no scaling);
 * Keras's shear angle is in degrees since Keras 2.2 (in radians before): 0.2 degrees
   (:data:`normlab.lab.augment.AUGMENTATIONS` ``"shear-zoom-flip"``);
@@ -161,7 +161,7 @@ CLAIM = Claim(
     ),
     measured=(
         "the post's four Keras CNNs ({sigmoid, ReLU} x {BN, none}) as written: RMSprop, batch 80, 20 epochs of "
-        "2000 steps, Keras's initialization, centring and augmentation, on CIFAR-100; loss and accuracy on the "
+        "2000 steps, Keras's initialization, centering and augmentation, on CIFAR-100; loss and accuracy on the "
         "validation and test splits after every epoch"
     ),
     criterion=(
