@@ -42,7 +42,7 @@ COLOR = "C0"  # BN's
 
 
 def runs(profile: Profile) -> list[RunConfig]:
-    steps = profile.pick(30, 1000, 3000)
+    steps = profile.pick(30, 300, 3000)
     return [
         RunConfig(
             ModelSpec("mlp", depth=3, width=100, activation="relu", norm="bn"),

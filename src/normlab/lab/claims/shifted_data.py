@@ -85,8 +85,8 @@ def runs(profile: Profile) -> list[RunConfig]:
             lr=0.05,
             momentum=0.9,
             batch_size=60,
-            steps=profile.pick(30, 1000, 3000),
-            eval_every=profile.pick(30, 1000, 3000),
+            steps=profile.pick(30, 300, 3000),
+            eval_every=profile.pick(30, 300, 3000),
             seed=seed,
             measures=("shift_adaptation",),
         )

@@ -63,8 +63,8 @@ def runs(profile: Profile) -> list[RunConfig]:
             optimizer="sgd",
             lr=0.1,
             batch_size=60,
-            steps=profile.pick(20, 400, 2000),
-            eval_every=profile.pick(10, 50, 200),
+            steps=profile.pick(20, 100, 2000),
+            eval_every=profile.pick(10, 20, 200),
             seed=seed,
             measures=("gradient_norms",),
         )
