@@ -100,7 +100,7 @@ def summarize(runs: list[Run]) -> dict:
     figures["rates ten times off it"] = off
     figures["seeds that tuned, seeds judged"] = [len(tuning), len(judged)]
     figures["test accuracy at the tuned rate (judged seeds)"] = stats.stat([test[tuned][s] for s in judged], resolution["test"])
-    figures["test accuracy lost at a rate ten times off"] = stats.stat(cost, resolution=resolution["test"])
+    figures["test accuracy lost at a rate ten times off (judged seeds)"] = stats.stat(cost, resolution=resolution["test"])
     figures["runs that diverged"] = sum(bool(r.result["diverged"]) for r in runs)
     return figures
 
@@ -108,7 +108,7 @@ def summarize(runs: list[Run]) -> dict:
 def parts(figures: dict) -> list[stats.Comparison]:
     return [
         stats.compare(
-            figures["test accuracy lost at a rate ten times off"],
+            figures["test accuracy lost at a rate ten times off (judged seeds)"],
             0.0,
             what="test accuracy at the tuned rate minus at the rates ten times off it (their mean), per judged seed",
             smallest=SMALLEST,
