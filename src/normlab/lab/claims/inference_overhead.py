@@ -17,7 +17,8 @@ timing is the mean time of a forward pass over enough calls to last
 one after the other, in an order rotated from round to round
 (:func:`time_interleaved`), so that whatever slows the machine down touches the three
 alike. A run's figure is the median over its rounds of the round's ratio ``t(BN) /
-t(no BN)``; the verdict is over seeds (separate runs, each in its own process).
+t(no BN)``; the verdict is over seeds (one run each; the runner trains them together,
+then times each member copied into a plain model, one after the other).
 
 "Negligible" is declared as at most :data:`NEGLIGIBLE` (5%) more time than the network
 without BN, at one sample (latency) and at a batch of 256 (throughput); the smallest
