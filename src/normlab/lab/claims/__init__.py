@@ -40,6 +40,7 @@ CLAIMS: dict[str, Claim] = {
     ]
 }
 
+
 def everything() -> dict[str, Claim]:
     """The claims and the source experiments, by name (read at the call: tests may add to either)."""
     return {**CLAIMS, **SOURCES}

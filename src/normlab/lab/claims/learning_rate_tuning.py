@@ -24,7 +24,9 @@ measures it). With seeds added in rounds, each round tunes on its first half of 
 seeds and judges the second, which it has not seen. The smallest
 effect of interest is one point of test accuracy (:data:`SMALLEST`), the lab's smallest
 difference of test accuracy of interest (as in placement): a factor of ten that costs
-less than that is one a user need not tune away. A run that diverged counts at chance.
+less than that is one a user need not tune away. The accuracies are those every run logs
+(:func:`base.accuracy`: a run that diverged counts with what is left of it), and the rate
+is chosen as every tuning claim chooses it (:func:`base.tune`).
 """
 
 from __future__ import annotations
@@ -54,20 +56,10 @@ def runs(profile: Profile) -> list[RunConfig]:
             steps=steps,
             eval_every=steps,  # only the final accuracies are judged
             seed=seed,
-            measures=("heldout",),
         )
         for lr in RATES
         for seed in profile.seeds
     ]
-
-
-def _final(run: Run) -> dict:
-    return run.result["measures"]["heldout"]["value"][-1]
-
-
-def _accuracy(run: Run, split: str) -> float:
-    """The final accuracy on ``split``; a run that diverged counts at chance."""
-    return 1 / run.result["classes"] if run.result["diverged"] else _final(run)[f"{split}_accuracy"]
 
 
 def decade_off(tuned: float) -> list[float]:
@@ -76,24 +68,18 @@ def decade_off(tuned: float) -> list[float]:
     return [RATES[j] for j in (i - DECADE, i + DECADE) if 0 <= j < len(RATES)]
 
 
-def tune(val: dict, seeds: list[int]) -> float:
-    """The rate of the best mean validation accuracy over ``seeds`` (``val[lr][seed]``)."""
-    return max(RATES, key=lambda lr: sum(val[lr][s] for s in seeds) / len(seeds))
-
-
 def summarize(runs: list[Run]) -> dict:
     by = base.group(runs, lambda c: c.lr)
-    resolution = {split: 1 / _final(runs[0])[f"{split}_samples"] for split in ("val", "test")}
+    resolution = {split: 1 / runs[0].result[f"{split}_samples"] for split in ("val", "test")}
     figures: dict = {}
     for split, name in (("val", "validation"), ("test", "test")):
         figures[f"final {name} accuracy by learning rate"] = {
-            f"{lr:g}": stats.stat([_accuracy(r, split) for r in by[lr]], resolution=resolution[split]) for lr in RATES
+            f"{lr:g}": stats.stat([base.accuracy(r, split) for r in by[lr]], resolution=resolution[split]) for lr in RATES
         }
-    val = {lr: {r.config.seed: _accuracy(r, "val") for r in by[lr]} for lr in RATES}
-    test = {lr: {r.config.seed: _accuracy(r, "test") for r in by[lr]} for lr in RATES}
-    seeds = sorted(val[RATES[0]])
+    test = {lr: {r.config.seed: base.accuracy(r, "test") for r in by[lr]} for lr in RATES}
+    seeds = sorted(test[RATES[0]])
     tuning, judged = seeds[: len(seeds) // 2] or seeds, seeds[len(seeds) // 2 :]
-    tuned = tune(val, tuning)
+    tuned, _ = base.tune([r for r in runs if r.config.seed in tuning])
     off = decade_off(tuned)
     cost = [test[tuned][s] - sum(test[lr][s] for lr in off) / len(off) for s in judged]
     figures["tuned learning rate (best validation accuracy of the tuning seeds)"] = tuned
