@@ -3,7 +3,7 @@
     normlab summary MODEL [--checkpoint FILE] --input-size 3 32 32
     normlab doctor MODEL [--checkpoint FILE] (--input-size 3 32 32 [--batch-size 32] | --example BATCH.pt)
     normlab fold MODEL [--checkpoint FILE] --output folded.pt
-    normlab reproduce [--claims NAME ...] [--profile quick|full|tiny] [--data mnist1d|digits|PATH] [--out DIR] [--seeds N] [--seed-offset N] [--jobs N]
+    normlab reproduce [--claims NAME ...] [--profile quick|full|tiny|sources] [--data mnist1d|digits|PATH] [--out DIR] [--seeds N] [--seed-offset N] [--jobs N]
     normlab claims
     normlab --version
 
@@ -367,14 +367,15 @@ def _fold(args) -> int:
 def _reproduce(args) -> int:
     try:
         from .lab import data
-        from .lab.claims import CLAIMS, PROFILES, Profile
+        from .lab.claims import PROFILES, Profile, for_profile
         from .lab.report import table
         from .lab.reproduce import reproduce
     except ImportError as e:
         raise CommandError(f"the lab needs its extra dependencies: pip install 'normlab[lab]' ({e})") from e
-    unknown = [n for n in args.claims or [] if n not in CLAIMS]
-    if unknown:
-        raise CommandError(f"unknown claim(s) {', '.join(unknown)}; the claims are: {', '.join(CLAIMS)}")
+    try:
+        for_profile(args.profile, args.claims)
+    except ValueError as e:
+        raise CommandError(str(e)) from e
     _writable_folder(args.out, "--out")
     rounds = (args.seeds,) if args.seeds else PROFILES[args.profile].rounds
     profile = Profile(args.profile, rounds, args.data, args.seed_offset)
@@ -391,10 +392,12 @@ def _reproduce(args) -> int:
 
 
 def _claims(args) -> int:
-    from .lab.claims import CLAIMS
+    from .lab.claims import CLAIMS, SOURCES
 
-    for c in CLAIMS.values():
-        print(f"{c.name}\n  source:    {c.source}\n  claim:     {c.statement}\n  measured:  {c.measured}\n  criterion: {c.criterion}\n")
+    for heading, claims in (("", CLAIMS), ("The source experiments as written (normlab reproduce --profile sources):\n\n", SOURCES)):
+        print(heading, end="")
+        for c in claims.values():
+            print(f"{c.name}\n  source:    {c.source}\n  claim:     {c.statement}\n  measured:  {c.measured}\n  criterion: {c.criterion}\n")
     return 0
 
 
@@ -439,9 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("reproduce", help="test the claims about batch normalization and write a report")
     p.add_argument("--claims", nargs="+", metavar="NAME", help="claims to test (default: all; see `normlab claims`)")
-    p.add_argument("--profile", choices=["quick", "full", "tiny"], default="quick",
-                   help="quick (default, minutes), full (more steps and seeds) or tiny (seconds, for tests)")
-    p.add_argument("--data", default="mnist1d", help="'mnist1d' (generated offline, the default), 'digits' (shipped: 8x8 handwritten digits) or a folder of MNIST IDX or CIFAR python files")
+    p.add_argument("--profile", choices=["quick", "full", "tiny", "sources"], default="quick",
+                   help="quick (default, minutes), full (more steps and seeds), tiny (seconds, for tests) or sources "
+                   "(the source experiments as written, on CIFAR: about 200 core-hours)")
+    p.add_argument("--data", default="mnist1d", help="'mnist1d' (generated offline, the default), 'digits' (shipped: 8x8 handwritten digits), "
+                   "'random-binary' (random labels) or a folder of MNIST IDX or CIFAR python files; for --profile sources, "
+                   "a folder holding cifar-10-batches-py/ and cifar-100-python/ (or either)")
     p.add_argument("--out", default="normlab-report", help="output folder; runs cached there are reused (default: normlab-report)")
     p.add_argument("--seeds", type=_positive_int, help="seeds per arm, in one round (default: the profile's rounds, "
                    "seeds added until each verdict is decisive)")

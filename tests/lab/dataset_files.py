@@ -45,3 +45,22 @@ def write_cifar_batch(path, n, label_key=b"labels", seed=0, labels=None, pixels=
     with open(path, "wb") as f:
         pickle.dump(d, f, protocol=2)
     return d
+
+
+def write_cifar10(folder, per_batch=8, n_test=8, seed=0):
+    """CIFAR-10 as its archive extracts: ``folder/cifar-10-batches-py/`` with data_batch_1..5 and test_batch; returns that folder."""
+    sub = folder / "cifar-10-batches-py"
+    sub.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 6):
+        write_cifar_batch(sub / f"data_batch_{i}", per_batch, seed=seed + i)
+    write_cifar_batch(sub / "test_batch", n_test, seed=seed + 6)
+    return sub
+
+
+def write_cifar100(folder, n_train=40, n_test=8, seed=0):
+    """CIFAR-100 as its archive extracts: ``folder/cifar-100-python/`` with train and test (fine labels); returns that folder."""
+    sub = folder / "cifar-100-python"
+    sub.mkdir(parents=True, exist_ok=True)
+    write_cifar_batch(sub / "train", n_train, label_key=b"fine_labels", seed=seed + 1)
+    write_cifar_batch(sub / "test", n_test, label_key=b"fine_labels", seed=seed + 2)
+    return sub

@@ -279,7 +279,7 @@ def test_bad_measures_and_trainable(mnist1d):
         RunConfig(SPEC, trainable="gamma")
     with pytest.raises(ValueError, match="trainable='norm' but the model has no parameters outside"):
         train.train(RunConfig(ModelSpec("mlp", 1, 4), steps=2, trainable="norm"), mnist1d)
-    with pytest.raises(ValueError, match="at must be 'logs' or 'end'"):
+    with pytest.raises(ValueError, match="at must be 'logs', 'end' or 'all'"):
         measures.measure("x", at="start")
     step = a_step()
     images = synthetic(length=16)

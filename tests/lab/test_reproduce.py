@@ -152,13 +152,13 @@ def test_claims_whose_networks_do_not_fit_the_data_are_planned_out():
     from normlab.lab.claims import Profile
 
     digits = data.load("digits")  # (1, 8, 8) images, 1259 training samples
-    planned, skipped = rep.plan(list(CLAIMS.values()), Profile("quick", (3,), "digits"), digits)
+    planned, skipped = rep.plan(list(CLAIMS.values()), Profile("quick", (3,), "digits"))
     assert sorted(skipped) == ["recurrent", "saturating-activations"]
     assert "an rnn reads samples of shape (C, L) as L steps of C values, got (1, 8, 8)" in skipped["recurrent"]
     assert "5 blocks (4 poolings) pool samples of shape (1, 8, 8) to nothing" in skipped["saturating-activations"]
     assert set(planned) == set(CLAIMS) - set(skipped)
     assert all(c.misfit(digits) is None for runs in planned.values() for c in runs)
-    _, skipped = rep.plan(list(CLAIMS.values()), Profile("full", (5,), "digits"), digits)
+    _, skipped = rep.plan(list(CLAIMS.values()), Profile("full", (5,), "digits"))
     assert "train_subset 2000 exceeds the 1259 training samples" in skipped["small-batches"]
 
 

@@ -4,10 +4,10 @@ A probe (:data:`normlab.lab.train.PROBES`) sees the model and a fixed batch of t
 samples. A *measure* sees a :class:`TrainingStep`: the model and its optimizer after
 ``step`` updates, the training batch of the next step, the loss on it, the run's
 config and data. It runs at every log (``at="logs"``: on the state after 0,
-``eval_every``, ``2 * eval_every``, ... updates) or once after the last step
-(``at="end"``), and may do anything to the model, the optimizer and the RNG: the loop
-undoes it all before training goes on, so a measured run trains exactly as an
-unmeasured one. Its JSON-ready values go to the result's ``measures[name]`` as
+``eval_every``, ``2 * eval_every``, ... updates), once after the last step
+(``at="end"``) or at both (``at="all"``), and may do anything to the model, the
+optimizer and the RNG: the loop undoes it all before training goes on, so a measured
+run trains exactly as an unmeasured one. Its JSON-ready values go to the result's ``measures[name]`` as
 ``{"step": [...], "value": [...]}``.
 
 The measures here:
@@ -16,7 +16,8 @@ The measures here:
 * ``smoothness``: the loss landscape along the gradient (Santurkar et al. Sec. 3.1);
 * ``inference_statistics``: test accuracy under each kind of normalization statistics;
 * ``longer_sequences``: test accuracy on the test sequences embedded in longer ones of noise;
-* ``gammas``: the normalizations' scales at the end.
+* ``gammas``: the normalizations' scales at the end;
+* ``heldout``: loss and accuracy on the validation and test splits, at every log and at the end.
 """
 
 from __future__ import annotations
@@ -40,13 +41,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MEASURES", "Measure", "TrainingStep", "measure", "ETA_MULTIPLES", "LENGTH_FACTORS", "sequence_lengths",
-    "batch_statistics_accuracy",
+    "batch_statistics_accuracy", "evaluate",
 ]
 
 
 class Measure(NamedTuple):
     fn: Callable[[TrainingStep], Any]
-    at: str  # "logs" or "end"
+    at: str  # "logs", "end" or "all" (both)
     data: str | None = None  # the one dataset it can measure on; None: any
 
 
@@ -55,9 +56,10 @@ MEASURES: dict[str, Measure] = {}
 
 def measure(name: str, at: str = "logs", data: str | None = None):
     """Register ``fn(step: TrainingStep) -> JSON-ready value`` as the measure ``name``, taken at
-    every log or at the end; ``data`` names the one dataset it can measure on, if only one."""
-    if at not in ("logs", "end"):
-        raise ValueError(f"measure {name!r}: at must be 'logs' or 'end', got {at!r}")
+    every log, at the end or at both (``"all"``); ``data`` names the one dataset it can measure
+    on, if only one."""
+    if at not in ("logs", "end", "all"):
+        raise ValueError(f"measure {name!r}: at must be 'logs', 'end' or 'all', got {at!r}")
 
     def register(fn):
         MEASURES[name] = Measure(fn, at, data)
@@ -300,3 +302,39 @@ def gammas(step: TrainingStep) -> list[float]:
         if not isinstance(m, WEIGHTED) and m._parameters.get("weight") is not None
         for v in m.weight.detach().flatten()
     ]
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: models.ModelSpec, batch: int = 1000) -> tuple:
+    """``(loss, accuracy)`` of ``model`` in eval mode on ``(x, y)``, in batches of ``batch``.
+
+    The loss is the training objective's, the mean classifier loss plus the spec's kernel
+    penalty (as Keras's ``val_loss`` includes its regularizers), None when not finite; a
+    sample with non-finite outputs counts as wrong.
+    """
+    modes = [m.training for m in model.modules()]
+    model.eval()
+    total, correct = 0.0, 0
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch):
+                out, labels = model(x[i : i + batch]), y[i : i + batch]
+                total += float(models.loss(out, labels)) * len(labels)
+                correct += int(((models.predict(out) == labels) & torch.isfinite(out).all(1)).sum())
+            objective = total / len(x) + float(models.penalty(model, spec))
+    finally:
+        for m, mode in zip(model.modules(), modes):
+            m.training = mode
+    return _finite(objective), correct / len(x)
+
+
+@measure("heldout", at="all")
+def heldout(step: TrainingStep) -> dict:
+    """Loss and accuracy (:func:`evaluate`) on the validation and the test split: the curves
+    Keras's ``fit(validation_data=...)`` reports after every epoch (log the run every epoch)."""
+    ds, spec = step.dataset, step.config.model
+    val_loss, val_accuracy = evaluate(step.model, ds.x_val, ds.y_val, spec)
+    test_loss, test_accuracy = evaluate(step.model, ds.x_test, ds.y_test, spec)
+    return {
+        "val_loss": val_loss, "val_accuracy": val_accuracy, "test_loss": test_loss, "test_accuracy": test_accuracy,
+        "val_samples": len(ds.x_val), "test_samples": len(ds.x_test),  # an accuracy's resolution is one sample of these
+    }

@@ -44,6 +44,8 @@ PAPERS = (
               "https://arxiv.org/abs/1607.06450"),
     Reference("Frankle, J., Schwab, D. J., & Morcos, A. S.", "2020", "Training BatchNorm and Only BatchNorm: On the "
               "Expressive Power of Random Features in CNNs", "ICLR 2021", "https://arxiv.org/abs/2003.00152"),
+    Reference("Li, Y., Wang, N., Shi, J., Liu, J., & Hou, X.", "2016", "Revisiting Batch Normalization For Practical "
+              "Domain Adaptation", "ICLR 2017 workshop", "https://arxiv.org/abs/1603.04779"),
     Reference("Greydanus, S.", "2020", "Scaling down Deep Learning (the MNIST-1D dataset)", "arXiv:2011.14439",
               "https://arxiv.org/abs/2011.14439"),
 )

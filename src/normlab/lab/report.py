@@ -32,7 +32,7 @@ import math
 
 from . import plots
 from .._atomic import atomic_write
-from .claims import CLAIMS, Run
+from .claims import Run, everything
 from .claims.base import SKIPPED
 from .references import ARTICLES, PAPERS
 from .stats import REPRODUCED, Part, fmt
@@ -177,7 +177,7 @@ def fingerprint_note(doc: dict) -> str | None:
 def _plots(doc: dict) -> dict[str, bytes]:
     images = {}
     for c in doc["claims"]:
-        claim = CLAIMS.get(c["name"])
+        claim = everything().get(c["name"])
         if claim is None or c["verdict"] == SKIPPED:
             continue
         runs = [Run(RunConfig.from_dict(doc["runs"][k]["config"]), doc["runs"][k]["result"]) for k in c["runs"]]

@@ -1,10 +1,11 @@
 """``normlab reproduce``: run what the claims need, judge them, write results.json and the report.
 
 1. Every claim lists its runs for a round of seeds (:class:`~normlab.lab.claims.Profile`);
-   runs two claims share are trained once. A claim with a run that cannot train on the
-   data (:meth:`RunConfig.misfit`: an rnn on images, more poolings than the images have
-   pixels, more samples than the data has) is skipped, with the reason on stderr and in
-   the report, before anything is trained.
+   runs two claims share are trained once. A claim is skipped, with the reason on stderr
+   and in the report, before anything is trained, when a run cannot train on its data
+   (:meth:`RunConfig.misfit`: an rnn on images, more poolings than the images have
+   pixels, more samples than the data has) or when the data it needs was not given
+   (:class:`normlab.lab.data.NotGiven`: a source experiment's CIFAR set).
 2. Runs that differ only in their seed (and initial scale) train together, up to
    :data:`MAX_MEMBERS` at a time, as one stacked model (:func:`normlab.lab.train.train_group`).
    A *group* is the unit of work: :func:`work` trains one in whatever process it is sent
@@ -41,7 +42,7 @@ from .._atomic import atomic_write
 from .._progress import Progress
 from . import data as datasets
 from . import stats
-from .claims import CLAIMS, PROFILES, Claim, Profile, Run
+from .claims import PROFILES, Claim, Profile, Run, for_profile
 from .claims.base import SKIPPED
 from .fingerprint import fingerprint, fingerprint_id
 from .models import build, macs, torch_calls
@@ -72,14 +73,18 @@ def load_run(out: pathlib.Path, config: RunConfig) -> dict | None:
 
 
 @functools.lru_cache(maxsize=2)
-def _dataset(name: str) -> datasets.Dataset:
-    return datasets.load(name)
+def _dataset(name: str, preprocess: str = "standardize") -> datasets.Dataset:
+    return datasets.load(name, preprocess)
+
+
+def _data_of(config: RunConfig) -> datasets.Dataset:
+    return _dataset(config.data, config.preprocess)
 
 
 def work(configs: list[RunConfig]) -> tuple[list[dict], dict]:
     """Train one group (in a worker process or in this one): each member's result, and the
     fingerprint of the machine that trained them."""
-    results = train_group(configs, _dataset(configs[0].data))
+    results = train_group(configs, _data_of(configs[0]))
     fp = fingerprint()
     for r in results:
         r["fingerprint"] = fingerprint_id(fp)
@@ -105,7 +110,7 @@ def _cost(group: list[RunConfig]) -> float:
     of one forward pass, paid once for the whole group. The two rates were fitted to the full
     profile's runs, trained one at a time, two at a time on 2 cores (docs/claims.md, Cost)."""
     config = group[0]
-    ds = _dataset(config.data)
+    ds = _data_of(config)
     per_sample, calls = _work(config.model, ds.sample_shape, ds.classes)
     flops = SECONDS_PER_MAC * 3 * config.batch_size * per_sample * len(group)
     return config.steps * (flops + SECONDS_PER_CALL * calls)
@@ -168,23 +173,27 @@ def run_all(configs: list[RunConfig], out: pathlib.Path, jobs: int = 1, progress
     return results, fingerprints
 
 
-def plan(claims: list[Claim], profile: Profile, dataset: datasets.Dataset) -> tuple[dict, dict]:
-    """``({claim: its runs}, {claim: why it is skipped})``: a claim is skipped when one of
-    its runs cannot train on ``dataset`` (the first such run's reason)."""
+def plan(claims: list[Claim], profile: Profile) -> tuple[dict, dict]:
+    """``({claim: its runs}, {claim: why it is skipped})``: a claim is skipped when the data
+    it needs is not given, or when one of its runs cannot train on its data (the first such
+    run's reason). Every dataset is loaded here, so that a bad one fails before training."""
     planned, skipped = {}, {}
     for claim in claims:
-        runs = claim.runs(profile)
-        reason = next((r for r in (c.misfit(dataset) for c in runs) if r), None)
+        try:
+            runs = claim.runs(profile)
+        except datasets.NotGiven as e:
+            skipped[claim.name] = f"the data it needs is not given: it {e}"
+            continue
+        reason = next((r for r in (c.misfit(_data_of(c)) for c in runs) if r), None)
         if reason:
-            skipped[claim.name] = reason
+            skipped[claim.name] = f"its networks cannot train on this data: {reason}"
         else:
             planned[claim.name] = runs
     return planned, skipped
 
 
-def skip(claim: Claim, reason: str) -> dict:
+def skip(claim: Claim, explanation: str) -> dict:
     """A skipped claim's entry in results.json: what it declares, and why it was not run."""
-    explanation = f"its networks cannot train on this data: {reason}"
     return {**_declared(claim), "runs": [], "figures": {}, "verdict": SKIPPED, "explanation": explanation}
 
 
@@ -228,17 +237,20 @@ def reproduce(
     jobs: int | None = None,
     progress: bool = True,
 ) -> dict:
-    """Test the claims ``names`` (default: all) under ``profile``; write ``out``/results.json and the report."""
+    """Test the claims ``names`` under ``profile``; write ``out``/results.json and the report.
+
+    By default all the claims, or in the sources profile all the source experiments
+    (:func:`normlab.lab.claims.for_profile`); the tiny profile runs either, with a test budget.
+    """
     from . import report
 
     profile = profile or PROFILES["quick"]
-    claims = [CLAIMS[n] for n in (names or list(CLAIMS))]
+    claims = for_profile(profile.name, names)
     out = pathlib.Path(out)
     start = time.monotonic()
-    dataset = _dataset(profile.data)  # fail early on a bad --data, and generate MNIST-1D once, before the workers start
-    skipped = plan(claims, profile, dataset)[1]
+    skipped = plan(claims, profile)[1]  # loads every dataset (MNIST-1D generated once) before the workers start
     for name, reason in skipped.items():
-        print(f"skipping {name}: its networks cannot train on {profile.data}: {reason}", file=sys.stderr)
+        print(f"skipping {name}: {reason}", file=sys.stderr)
     entries = {c.name: skip(c, skipped[c.name]) for c in claims if c.name in skipped}
     planned, results, fingerprints = {}, {}, {}
     pending = [c for c in claims if c.name not in skipped]

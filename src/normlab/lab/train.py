@@ -7,7 +7,10 @@ optional momentum), Adam or RMSprop (:data:`OPTIMIZERS`), mini-batches drawn wit
 replacement from a per-run ``torch.Generator``, weights initialized after
 ``torch.manual_seed(seed)``, one thread. The same config gives the same numbers, bit
 for bit, in any process on the same machine and software, which is what lets runs be
-cached by :meth:`RunConfig.key` and resumed.
+cached by :meth:`RunConfig.key` and resumed. A run's data is prepared as ``preprocess``
+says (:data:`normlab.lab.data.PREPROCESS`) and each training batch augmented as
+``augment`` says (:data:`normlab.lab.augment.AUGMENTATIONS`), with a random stream of
+its own, so that augmenting leaves the mini-batch order as it is.
 
 Runs that differ only in their seed and initial weights (``init``, ``init_scale``: the
 same :func:`group_key`) train together as one stacked model (:mod:`normlab.lab.stacked`,
@@ -27,9 +30,9 @@ first ``train_subset`` of the training split, or all), in eval mode like the tes
 accuracy, for the train/test gap.
 
 Measurements that need more, a training batch, the loss, the optimizer, the data
-(:data:`normlab.lab.measures.MEASURES`), run at those logs or once after the last step,
-on the member copied into a plain model and optimizer with the run's random stream;
-whatever they do is undone before training goes on.
+(:data:`normlab.lab.measures.MEASURES`), run at those logs, once after the last step,
+or both, on the member copied into a plain model and optimizer with the run's random
+stream; whatever they do is undone before training goes on.
 
 ``trainable`` restricts what the optimizer moves: ``"norm"`` trains only the
 parameters outside the linear and convolution layers (the normalizations' scales and
@@ -60,8 +63,9 @@ from torch import nn
 from ..tools._common import label
 from . import data as datasets
 from . import stacked
+from .augment import AUGMENTATIONS
 from .measures import MEASURES, TrainingStep
-from .models import ACTIVATIONS, WEIGHTED, ModelSpec, as_dict, build, loss, penalty, predict
+from .models import ACTIVATIONS, WEIGHTED, ModelSpec, as_dict, build, later, loss, penalty, predict
 
 __all__ = ["RunConfig", "train", "train_group", "train_separately", "group_key", "PROBES", "probe", "RESULT_VERSION", "TRAINABLE"]
 
@@ -77,6 +81,7 @@ OPTIMIZERS = {
 }
 
 TRAINABLE = ("all", "norm", "random")
+AUGMENT_STREAM = 2**32  # the augmentation's generator is seeded with seed + this: a stream apart from the batch order's
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,9 @@ class RunConfig:
     train_subset: int = 0  # train on the first this many training samples; 0: all of them
     measures: tuple[str, ...] = ()  # keys of normlab.lab.measures.MEASURES
     trainable: str = "all"  # one of TRAINABLE
+    # fields added later (see models.later): what the source experiments need
+    preprocess: str = later("standardize")  # a key of normlab.lab.data.PREPROCESS
+    augment: str = later("none")  # a key of normlab.lab.augment.AUGMENTATIONS
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -108,6 +116,10 @@ class RunConfig:
             raise ValueError(f"RunConfig: unknown measures {unknown}; the measures are {sorted(MEASURES)}")
         if self.trainable not in TRAINABLE:
             raise ValueError(f"RunConfig: trainable must be one of {TRAINABLE}, got {self.trainable!r}")
+        if self.preprocess not in datasets.PREPROCESS:
+            raise ValueError(f"RunConfig: preprocess must be one of {sorted(datasets.PREPROCESS)}, got {self.preprocess!r}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"RunConfig: augment must be one of {sorted(AUGMENTATIONS)}, got {self.augment!r}")
 
     def misfit(self, dataset: datasets.Dataset) -> str | None:
         """Why this run cannot train on ``dataset`` (its network does not fit the samples,
@@ -121,6 +133,8 @@ class RunConfig:
             return f"RunConfig: train_subset {self.train_subset} exceeds the {n} training samples"
         if self.batch_size > (self.train_subset or n):
             return f"RunConfig: batch_size {self.batch_size} exceeds the {self.train_subset or n} training samples"
+        if self.augment != "none" and len(dataset.sample_shape) != 3:
+            return f"RunConfig: the augmentation {self.augment} transforms images (C, H, W), the samples have shape {dataset.sample_shape}"
         for m in self.measures:
             if MEASURES[m].data not in (None, dataset.name):
                 return f"RunConfig: the measure {m} needs the {MEASURES[m].data} dataset, not {dataset.name}"
@@ -327,7 +341,7 @@ def train_group(configs: list[RunConfig], dataset: datasets.Dataset | None = Non
     first = configs[0]
     if any(group_key(c) != group_key(first) for c in configs):
         raise ValueError("train_group: the runs of a group may differ only in their seed, model.init and model.init_scale")
-    ds = dataset if dataset is not None else datasets.load(first.data)
+    ds = dataset if dataset is not None else datasets.load(first.data, first.preprocess)
     x_train, y_train = _training_split(first, ds)
     start = time.perf_counter()
     with _one_thread():
@@ -349,7 +363,7 @@ def train_separately(config: RunConfig, dataset: datasets.Dataset | None = None)
     :func:`~normlab.lab.models.build`, the global RNG for its dropout and noise. It gives the
     same numbers up to rounding, not bit for bit (other kernels); it is the oracle the
     vectorized runner is tested against, and the baseline of its benchmark."""
-    ds = dataset if dataset is not None else datasets.load(config.data)
+    ds = dataset if dataset is not None else datasets.load(config.data, config.preprocess)
     x_train, y_train = _training_split(config, ds)
     start = time.perf_counter()
     with _one_thread():
@@ -357,15 +371,18 @@ def train_separately(config: RunConfig, dataset: datasets.Dataset | None = None)
         model = build(config.model, ds.sample_shape, ds.classes)
         optimizer = OPTIMIZERS[config.optimizer](_trainable(model, config.trainable, config.seed)[0], config)
         generator = torch.Generator().manual_seed(config.seed)
+        augment = AUGMENTATIONS[config.augment]
+        augment_generator = torch.Generator().manual_seed(config.seed + AUGMENT_STREAM)
         x_probe = ds.x_test[: config.probe_size]
         log = {"step": [], "train_loss": [], "val_accuracy": [], "test_accuracy": [], "probes": {p: [] for p in config.probes}}
         if config.measures:
             log["measures"] = {m: {"step": [], "value": []} for m in config.measures}
 
-        def measure(step, idx, at):
-            seen = TrainingStep(step, model, optimizer, x_train[idx], y_train[idx], config, ds)
+        def measure(step, idx, x_batch, at):
+            """Take the measurements due ``at`` ("logs" or "end"), on the model after ``step`` updates and the batch ``idx`` (as ``x_batch``)."""
+            seen = TrainingStep(step, model, optimizer, x_batch, y_train[idx], config, ds)
             for name in config.measures:
-                if MEASURES[name].at == at:
+                if MEASURES[name].at in (at, "all"):
                     with _undone(model, optimizer):
                         value = MEASURES[name].fn(seen)
                     log["measures"][name]["step"].append(step)
@@ -386,10 +403,11 @@ def train_separately(config: RunConfig, dataset: datasets.Dataset | None = None)
         batches = _batches(len(x_train), config.batch_size, generator)
         for step in range(1, config.steps + 1):
             idx = next(batches)
+            x_batch = x_train[idx] if augment is None else augment(x_train[idx], augment_generator)
             if config.measures and (step - 1) % config.eval_every == 0:
-                measure(step - 1, idx, "logs")
+                measure(step - 1, idx, x_batch, "logs")
             try:
-                objective = loss(model(x_train[idx]), y_train[idx]) + penalty(model, config.model)
+                objective = loss(model(x_batch), y_train[idx]) + penalty(model, config.model)
                 if not torch.isfinite(objective):
                     raise FloatingPointError(f"the training loss is {objective.item()}")
                 optimizer.zero_grad(set_to_none=True)
@@ -405,7 +423,8 @@ def train_separately(config: RunConfig, dataset: datasets.Dataset | None = None)
         final = accuracy(model, ds.x_test, ds.y_test) if diverged else log["test_accuracy"][-1]
         final_val = accuracy(model, ds.x_val, ds.y_val) if diverged else log["val_accuracy"][-1]
         if config.measures and not diverged:
-            measure(config.steps, next(batches), "end")
+            idx = next(batches)
+            measure(config.steps, idx, x_train[idx] if augment is None else augment(x_train[idx], augment_generator), "end")
         final_train = accuracy(model, x_train, y_train)
     return {
         **log,
@@ -450,6 +469,8 @@ class _Group:
         self.optimizer = OPTIMIZERS[first.optimizer](chosen, first)
         self.plain_optimizers: dict[int, torch.optim.Optimizer] = {}
         self.batches = [_batches(len(x_train), first.batch_size, torch.Generator().manual_seed(c.seed)) for c in configs]
+        self.augment = AUGMENTATIONS[first.augment]
+        self.augment_generators = [torch.Generator().manual_seed(c.seed + AUGMENT_STREAM) for c in configs]
         # the running statistics, saved before each step: a member whose statistics turn non-finite keeps its old ones
         self.norms = [
             (name, [b for b in m.norm._buffers.values() if b is not None and b.dim()])
@@ -492,16 +513,17 @@ class _Group:
                 }
         return opt
 
-    def measure(self, step: int, k: int, idx: torch.Tensor, at: str) -> None:
-        """Member k's measurements due ``at`` ("logs" or "end"), after ``step`` updates, on its batch ``idx``."""
+    def measure(self, step: int, k: int, idx: torch.Tensor, x_batch: torch.Tensor, at: str) -> None:
+        """Member k's measurements due ``at`` ("logs" or "end"), after ``step`` updates, on its
+        batch ``idx`` (its samples as trained on: ``x_batch``, ``(N, C, *positions)``)."""
         c = self.configs[k]
-        due = [name for name in c.measures if MEASURES[name].at == at]
+        due = [name for name in c.measures if MEASURES[name].at in (at, "all")]
         if not due:
             return
         model = self.plain(k)
         opt = self.plain_optimizer(k, model)
         with self.random_stream(k):
-            seen = TrainingStep(step, model, opt, self.x_train[idx], self.y_train[idx], c, self.ds)
+            seen = TrainingStep(step, model, opt, x_batch, self.y_train[idx], c, self.ds)
             for name in due:
                 with _undone(model, opt):
                     value = MEASURES[name].fn(seen)
@@ -598,9 +620,15 @@ class _Group:
 
     # --- the loop --------------------------------------------------------------------------------------------
 
+    def batch(self, k: int, idx: torch.Tensor) -> torch.Tensor:
+        """Member k's training samples ``idx``, augmented with its own stream where the run augments."""
+        x = self.x_train[idx]
+        return x if self.augment is None else self.augment(x, self.augment_generators[k])
+
     def step_inputs(self) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Each member's batch indices, the stacked samples ``(K, C, N, *positions)`` and labels ``(K, N)``."""
         idx = [next(b) for b in self.batches]
-        x = self.x_train[torch.stack(idx)]  # (K, N, C, *positions)
+        x = torch.stack([self.batch(k, i) for k, i in enumerate(idx)])  # (K, N, C, *positions)
         return idx, x.transpose(1, 2).contiguous(), self.y_train[torch.stack(idx)]
 
     def run(self, start: float) -> list[dict]:
@@ -611,7 +639,7 @@ class _Group:
             idx, x, y = self.step_inputs()
             if first.measures and (step - 1) % first.eval_every == 0:
                 for k in self.living():
-                    self.measure(step - 1, k, idx[k], "logs")
+                    self.measure(step - 1, k, idx[k], x[k].transpose(0, 1), "logs")
             saved = torch.cat([b.view(-1) for b in self.statistics]) if self.statistics else None
             losses = self.objectives(self.net(x), y)
             values = losses.tolist()
@@ -646,7 +674,8 @@ class _Group:
                 final_val = accuracy(model, self.ds.x_val, self.ds.y_val)
             else:
                 if c.measures:
-                    self.measure(c.steps, k, next(self.batches[k]), "end")
+                    idx = next(self.batches[k])
+                    self.measure(c.steps, k, idx, self.batch(k, idx), "end")
                 final, final_tr, final_val = log["test_accuracy"][-1], final_train[k], log["val_accuracy"][-1]
             results.append({
                 **log,

@@ -30,7 +30,9 @@ SKIPPED = "skipped"  # not a verdict: the claim's networks do not fit the data (
 
 @dataclass(frozen=True)
 class Profile:
-    """How much work to spend: ``tiny`` (tests, seconds), ``quick`` (the default, minutes) or ``full``.
+    """How much work to spend: ``tiny`` (tests, seconds), ``quick`` (the default, minutes) or ``full``
+    for the claims; ``sources`` runs the source experiments as their sources wrote them
+    (hours to days: CIFAR networks trained for their sources' budgets).
 
     ``rounds`` are the seeds per arm at each look (cumulative): a claim's runs are trained
     with the first round's seeds, judged, and given the next round's while its verdict is
@@ -64,14 +66,21 @@ class Profile:
         return replace(self, look=look)
 
     def pick(self, tiny, quick, full):
-        """The value for this profile."""
+        """The value for this profile (a claim's setting)."""
         return {"tiny": tiny, "quick": quick, "full": full}[self.name]
+
+    def as_written(self, source, tiny):
+        """A source experiment's setting: ``source``, as its source wrote it, or ``tiny`` in the tiny profile (tests)."""
+        if self.name not in ("sources", "tiny"):
+            raise ValueError(f"Profile {self.name!r}: the source experiments run in the sources profile (or tiny, for tests)")
+        return tiny if self.name == "tiny" else source
 
 
 PROFILES = {
     "tiny": Profile("tiny", (2,)),
     "quick": Profile("quick", (10, 20)),
     "full": Profile("full", (20, 40)),
+    "sources": Profile("sources", (2,)),
 }
 
 
