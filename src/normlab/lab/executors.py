@@ -33,7 +33,9 @@ import signal
 import sys
 import threading
 
-__all__ = ["WorkerPool", "RayExecutor", "WorkerLost", "LOST", "die_with_parent"]
+__all__ = ["WorkerPool", "RayExecutor", "ray_executor", "WorkerLost", "LOST", "die_with_parent", "GPUS_PER_GROUP"]
+
+GPUS_PER_GROUP = 0.25  # on a GPU cluster, what a group asks for by default: four small groups share a GPU
 
 POLL_SECONDS = 0.25  # how often a worker checks that its driver is still there
 
@@ -249,3 +251,31 @@ class RayExecutor(cf.Executor):
         if self._owned and self._ray.is_initialized():
             self._ray.shutdown()
         self._owned = False
+
+
+def ray_executor(address: str | None = None, device: str = "cpu", gpus: float | None = None, num_cpus: int | None = None) -> RayExecutor:
+    """The :class:`RayExecutor` ``normlab reproduce --executor ray`` uses: on the cluster at ``address``
+    (a local one of ``num_cpus`` CPUs when None), each group asking for ``gpus`` GPUs (default:
+    :data:`GPUS_PER_GROUP` when ``device`` is not "cpu" and the cluster has GPUs, else none).
+    ``device="cuda"`` on a cluster without GPUs is a :class:`~normlab.lab.train.DeviceError`."""
+    from .train import DeviceError
+
+    try:
+        executor = RayExecutor(address, 0.0, num_cpus)
+    except ConnectionError as e:
+        raise ConnectionError(f"cannot reach the Ray cluster at {address}: {e}") from e
+    has = executor.cluster_gpus()
+    if gpus is None:
+        gpus = GPUS_PER_GROUP if device != "cpu" and has else 0.0
+    problem = None
+    if device.startswith("cuda") and not has:
+        problem = f"device {device}: the Ray cluster{' at ' + address if address else ''} has no GPU; use cpu or auto"
+    elif device.startswith("cuda") and not gpus:
+        problem = f"device {device} with 0 GPUs per group: Ray would give the tasks no GPU; ask for a fraction (e.g. 0.25)"
+    elif gpus > max(has, 0) or gpus < 0:
+        problem = f"{gpus} GPUs per group: the Ray cluster has {has:g}"
+    if problem:
+        executor.shutdown()
+        raise DeviceError(problem)
+    executor.gpus = float(gpus)
+    return executor
