@@ -195,6 +195,11 @@ class WorkerPool(cf.Executor):
                 t.join()
 
 
+def _call(fn, *args, **kwargs):
+    """A Ray task calling ``fn`` (any callable: Ray's own remote functions take only plain functions)."""
+    return fn(*args, **kwargs)
+
+
 class RayExecutor(cf.Executor):
     """Tasks on a Ray cluster: the one at ``address`` (``"auto"``: the one this machine belongs to),
     or a local one of ``num_cpus`` CPUs started here (and stopped by :meth:`shutdown`).
@@ -214,7 +219,7 @@ class RayExecutor(cf.Executor):
         if self._owned:
             options = {"address": address} if address else {"num_cpus": num_cpus}
             ray.init(**options, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        self._remote: dict = {}
+        self._call = ray.remote(_call)
         self._shared: dict[int, tuple[object, object]] = {}
 
     def cluster_gpus(self) -> float:
@@ -229,9 +234,7 @@ class RayExecutor(cf.Executor):
 
     def submit(self, fn, /, *args, **kwargs) -> cf.Future:
         ray = self._ray
-        if fn not in self._remote:
-            self._remote[fn] = ray.remote(fn)
-        ref = self._remote[fn].options(num_cpus=1, num_gpus=self.gpus, max_retries=0).remote(*args, **kwargs)
+        ref = self._call.options(num_cpus=1, num_gpus=self.gpus, max_retries=0).remote(fn, *args, **kwargs)
         outer: cf.Future = cf.Future()
         outer.set_running_or_notify_cancel()
 
