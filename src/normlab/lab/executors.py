@@ -103,6 +103,7 @@ class WorkerPool(cf.Executor):
     def __init__(self, workers: int) -> None:
         if workers < 1:
             raise ValueError(f"WorkerPool: needs at least one worker, got {workers}")
+        self.workers = workers
         self._context = multiprocessing.get_context("spawn")  # fork after torch has started threads is unsafe
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
@@ -221,6 +222,10 @@ class RayExecutor(cf.Executor):
             ray.init(**options, include_dashboard=False, log_to_driver=False, configure_logging=False)
         self._call = ray.remote(_call)
         self._shared: dict[int, tuple[object, object]] = {}
+
+    def __str__(self) -> str:
+        cpus = self._ray.cluster_resources().get("CPU", 0)
+        return f"on a Ray cluster of {cpus:g} CPUs" + (f", {self.gpus:g} GPU per group" if self.gpus else "")
 
     def cluster_gpus(self) -> float:
         """GPUs in the cluster (0 where there are none)."""

@@ -230,7 +230,10 @@ def run_all(
         executor = WorkerPool(min(jobs, len(todo)))
     bar = Progress(len(todo), work=sum(costs), unit="groups", desc=desc, parts=runs, part_unit="runs") if progress else None
     if bar:
-        where = f"{min(jobs, len(todo))} at a time" if own or executor is None else f"on {type(executor).__name__}"
+        if executor is None or hasattr(executor, "workers"):
+            where = f"{min(getattr(executor, 'workers', 1), len(todo))} at a time"
+        else:
+            where = str(executor) if type(executor).__str__ is not object.__str__ else f"on {type(executor).__name__}"
         bar.stream.write(f"{runs} runs to train ({len(results)} already done), in {len(todo)} groups, {where}\n")
         bar.show()
 
