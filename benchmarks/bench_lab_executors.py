@@ -13,7 +13,7 @@ pool, above 1: grouping is faster). The three come from the same machine, one af
 the other, with --device (default cpu). State the machine and its load with any figure
 you quote: run it on an idle machine.
 
-    python benchmarks/bench_lab_executors.py                     # tiny and quick: about 20 minutes on 2 cores
+    python benchmarks/bench_lab_executors.py                     # tiny and quick: three quick profiles back to back
     python benchmarks/bench_lab_executors.py --profiles tiny     # a few minutes
     python benchmarks/bench_lab_executors.py --quick             # tiny, one claim: for the test suite
 """

@@ -53,6 +53,11 @@ def test_cuda_without_cuda_is_one_line(tmp_path):
     assert not (tmp_path / "o" / "runs").exists()
 
 
+def test_cluster_options_need_the_ray_executor(tmp_path):
+    run = cli("reproduce", "--profile", "tiny", "--address", "auto", "--out", str(tmp_path / "o"))
+    assert run.returncode == 2 and run.stderr.strip() == "normlab reproduce: --address and --gpus-per-group go with --executor ray"
+
+
 def test_the_device_reaches_the_model_and_the_data(monkeypatch, mnist1d):
     """``device`` goes from run_all through work to the group: its model, optimizer state and data live there."""
     seen = []

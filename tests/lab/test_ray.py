@@ -69,3 +69,19 @@ def test_devices_on_the_cluster(cluster):
         executors.ray_executor(device="cuda")
     auto = executors.ray_executor(device="auto")  # the cluster this process already has; nothing asked of a GPU
     assert auto.gpus == 0.0
+
+
+def test_the_command_line_on_a_local_ray_cluster(tmp_path, mnist1d):
+    """`normlab reproduce --executor ray`: a cluster of its own, started and stopped by the command;
+    its results.json holds the numbers of the same runs trained here, and a rerun with the local pool trains nothing."""
+    import subprocess
+
+    out = tmp_path / "ray"
+    args = [sys.executable, "-m", "normlab", "reproduce", "--profile", "tiny", "--claims", "stable-distributions", "--out", str(out)]
+    run = subprocess.run([*args, "--executor", "ray", "--jobs", "1"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "on a Ray cluster of 1 CPUs" in run.stderr
+    here = rep.reproduce(["stable-distributions"], PROFILES["tiny"], tmp_path / "here", jobs=1, progress=False)
+    assert without_timing(json.loads((out / "results.json").read_text()))["runs"] == without_timing(here)["runs"]
+    again = subprocess.run([*args, "--jobs", "2"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "runs to train" not in again.stderr
