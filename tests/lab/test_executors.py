@@ -107,13 +107,17 @@ def test_training_waits_for_the_device_once_per_log_not_per_step(mnist1d):
     assert counts[0] == counts[1] and counts[0] > 0
 
 
-def test_a_replayed_interval_ends_a_diverging_member_as_a_checked_loop_would(mnist1d):
+def test_a_replayed_interval_ends_a_diverging_member_as_a_checked_loop_would(mnist1d, monkeypatch):
     """A member that diverges mid-interval: the interval is replayed step by step; the member's end
     (step, reason, what is left) is its separate run's, and its group-mates are as without it."""
     spec = ModelSpec("mlp", 2, 16, "relu", "bn")
     calm = RunConfig(spec, lr=0.05, steps=30, eval_every=15, seed=0)
-    wild = calm.but(model_init_scale=1e18)  # overflows at once
+    wild = calm.but(model_init_scale=1e18)  # its batch statistics overflow at step 2
+    replays = []
+    checked = train._Group.checked
+    monkeypatch.setattr(train._Group, "checked", lambda self, a, idx: replays.append(a) or checked(self, a, idx))
     group = train.train_group([calm, wild], mnist1d)
+    assert replays == [0]  # the first interval, once; the second had nothing to check
     alone = train.train_group([calm], mnist1d)[0]
     assert group[1]["diverged"] is not None and group[1]["diverged"]["step"] == train.train_separately(wild, mnist1d)["diverged"]["step"]
     assert untimed({0: group[0]}) == untimed({0: alone})
