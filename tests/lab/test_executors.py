@@ -288,26 +288,31 @@ DAMAGE = {
 }
 
 
+def damaged(good: dict, kind: str) -> str:
+    """The text of a cache file holding the run ``good`` with the damage ``kind`` (:data:`DAMAGE`)."""
+    damage = DAMAGE[kind]
+    if kind in ("not JSON", "a list", "null", "a number"):
+        return damage
+    stored = json.loads(json.dumps(good))
+    if damage is None:
+        del stored["result"]
+    elif damage == "another config":
+        stored["config"]["lr"] = 0.5
+    elif damage.startswith("drop "):
+        del stored["result"][damage[5:]]
+    elif damage.startswith("nan "):
+        key = damage[4:]
+        stored["result"][key] = float("nan") if key.startswith("final") else [*stored["result"][key][:-1], float("nan")]
+    return json.dumps(stored)
+
+
 def test_a_damaged_cache_file_is_moved_aside_and_retrained(tmp_path, capsys, mnist1d):
     config = CONFIGS[0]
     first, _, _ = rep.run_all([config], tmp_path, jobs=1, progress=False)
     path = tmp_path / "runs" / f"{config.key()}.json"
     good = json.loads(path.read_text())
-    for kind, damage in DAMAGE.items():
-        stored = json.loads(json.dumps(good))
-        raw = kind in ("not JSON", "a list", "null", "a number")
-        if raw:
-            pass
-        elif damage is None:
-            del stored["result"]
-        elif damage == "another config":
-            stored["config"]["lr"] = 0.5
-        elif damage.startswith("drop "):
-            del stored["result"][damage[5:]]
-        elif damage.startswith("nan "):
-            key = damage[4:]
-            stored["result"][key] = float("nan") if key.startswith("final") else [*stored["result"][key][:-1], float("nan")]
-        text = damage if raw else json.dumps(stored)
+    for kind in DAMAGE:
+        text = damaged(good, kind)
         path.write_text(text)
         again, _, _ = rep.run_all([config], tmp_path, jobs=1, progress=False)
         err = capsys.readouterr().err
