@@ -30,3 +30,14 @@ def test_lab_throughput_benchmark_runs_quick():
     )
     assert done.returncode == 0, done.stderr
     assert "faster-training MLP" in done.stdout and "group 3" in done.stdout and "normlab / torch" in done.stdout
+
+
+@pytest.mark.slow
+def test_lab_executors_benchmark_runs_quick():
+    pytest.importorskip("ray")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_lab_executors.py"), "--quick", "--jobs", "2"], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ray / pool (Ray's overhead)" in done.stdout and "pool alone / pool (what grouping gives)" in done.stdout

@@ -18,22 +18,27 @@ class Progress:
 
     ``items`` is how many there are (``None``: unknown, then a count and a rate are
     shown); ``work`` their summed cost (default: one per item), which :meth:`advance`
-    is told item by item and the bar and the time left follow.
+    is told item by item and the bar and the time left follow. Items made of smaller
+    ones (the lab's groups of runs) also count those: ``parts`` of them in all, in
+    ``part_unit``, shown as ``3/10 groups, 45/200 runs``.
     """
 
-    def __init__(self, items: int | None, *, work: float | None = None, desc: str = "", unit: str = "", stream=None):
+    def __init__(self, items: int | None, *, work: float | None = None, desc: str = "", unit: str = "", stream=None,
+                 parts: int | None = None, part_unit: str = ""):
         self.items, self.work = items, work if work is not None else items
         self.desc, self.unit = desc, unit
+        self.parts, self.part_unit, self.parts_done = parts, part_unit, 0
         self.stream = stream if stream is not None else sys.stderr
         self.tty = getattr(self.stream, "isatty", lambda: False)()
         self.start = self._drawn_at = time.monotonic()
         self.finished, self.done = 0, 0.0
         self._tenth, self._width = -1, 0
 
-    def advance(self, cost: float = 1.0, items: int = 1) -> None:
-        """``items`` more finished (one by default), together costing ``cost``."""
+    def advance(self, cost: float = 1.0, items: int = 1, parts: int = 0) -> None:
+        """``items`` more finished (one by default), together costing ``cost`` and made of ``parts``."""
         self.finished += items
         self.done += cost
+        self.parts_done += parts
         self.show()
 
     def show(self, final: bool = False) -> None:
@@ -55,7 +60,8 @@ class Progress:
         else:
             bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
             left = f"about {_clock(elapsed * (1 - frac) / frac)} left" if frac > 0 else "estimating"
-            line = f"[{bar}] {self.finished}/{self.items} {self.unit}  {_clock(elapsed)} elapsed, {left}"
+            of = f", {self.parts_done}/{self.parts} {self.part_unit}" if self.parts is not None else ""
+            line = f"[{bar}] {self.finished}/{self.items} {self.unit}{of}  {_clock(elapsed)} elapsed, {left}"
         line = f"{self.desc} {line}" if self.desc else line
         if self.tty:  # redraw in place, blanking what a longer previous line left
             self.stream.write("\r" + line.ljust(self._width) + ("\n" if final else ""))

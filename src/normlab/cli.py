@@ -3,7 +3,8 @@
     normlab summary MODEL [--checkpoint FILE] --input-size 3 32 32
     normlab doctor MODEL [--checkpoint FILE] (--input-size 3 32 32 [--batch-size 32] | --example BATCH.pt)
     normlab fold MODEL [--checkpoint FILE] --output folded.pt
-    normlab reproduce [--claims NAME ...] [--profile quick|full|tiny|sources] [--data mnist1d|digits|PATH] [--out DIR] [--seeds N] [--seed-offset N] [--jobs N]
+    normlab reproduce [--claims NAME ...] [--profile quick|full|tiny|sources] [--data mnist1d|digits|PATH] [--out DIR] [--seeds N] [--seed-offset N]
+                      [--device cpu|cuda|auto] [--jobs N | --executor ray [--address ADDR] [--gpus-per-group F]]
     normlab claims
     normlab --version
 
@@ -368,8 +369,10 @@ def _reproduce(args) -> int:
     try:
         from .lab import data
         from .lab.claims import PROFILES, Profile, for_profile
+        from .lab.executors import ray_executor
         from .lab.report import table
-        from .lab.reproduce import reproduce
+        from .lab.reproduce import OutputError, reproduce
+        from .lab.train import DeviceError
     except ImportError as e:
         raise CommandError(f"the lab needs its extra dependencies: pip install 'normlab[lab]' ({e})") from e
     try:
@@ -379,12 +382,20 @@ def _reproduce(args) -> int:
     _writable_folder(args.out, "--out")
     rounds = (args.seeds,) if args.seeds else PROFILES[args.profile].rounds
     profile = Profile(args.profile, rounds, args.data, args.seed_offset)
+    if args.executor != "ray" and (args.address or args.gpus_per_group is not None):
+        raise CommandError("--address and --gpus-per-group go with --executor ray")
+    executor = None
     try:
-        with blame(catch=data.DataError):
-            doc = reproduce(args.claims, profile, args.out, args.jobs)
+        with blame(catch=(data.DataError, DeviceError, OutputError, ConnectionError, ImportError)):
+            if args.executor == "ray":
+                executor = ray_executor(args.address, args.device, args.gpus_per_group, args.jobs)
+            doc = reproduce(args.claims, profile, args.out, args.jobs, executor=executor, device=args.device)
     except KeyboardInterrupt:
         print(f"\nnormlab reproduce: interrupted; finished runs are kept in {args.out}, run it again to resume", file=sys.stderr)
         return 130
+    finally:
+        if executor is not None:
+            executor.shutdown()
     print(table(doc))
     out = pathlib.Path(args.out)
     print(f"\n{len(doc['runs'])} runs, {doc['seconds']} s. Report: {out / 'report.html'}, {out / 'report.md'}; numbers: {out / 'results.json'}")
@@ -453,7 +464,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "seeds added until each verdict is decisive)")
     p.add_argument("--seed-offset", type=_non_negative_int, default=0, metavar="N",
                    help="start the seeds at N: another, disjoint set of seeds (e.g. 1000), to check that verdicts hold")
-    p.add_argument("--jobs", type=_positive_int, help="worker processes (default: one per core)")
+    p.add_argument("--jobs", type=_positive_int, help="worker processes (default: one per core); with --executor ray "
+                   "and no --address, the CPUs of the local Ray cluster")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+                   help="where the runs train (default cpu; auto: CUDA where there is a GPU). Runs of one "
+                   "configuration that differ in seed train as one vectorized model there")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: worker processes on this machine (default); ray: tasks on a Ray cluster "
+                   "(pip install 'normlab[ray]'), one group of runs per task, results written here")
+    p.add_argument("--address", help="with --executor ray: the cluster's address (e.g. ray://head:10001, or auto); "
+                   "default: start a local cluster")
+    p.add_argument("--gpus-per-group", type=float, metavar="F", help="with --executor ray: GPUs each group asks for, "
+                   "a fraction so that groups share a GPU (default 0.25 on a GPU cluster unless --device cpu)")
     p.set_defaults(run=_reproduce)
 
     p = commands.add_parser("claims", help="list the claims `normlab reproduce` tests")

@@ -27,7 +27,8 @@ GROUPS = {
     "layers": "every normlab layer kind x input kind x train / eval / momentum=None x default dispatch / "
               "normlab's backend; expected outcome from torch's layer on the same input (`battery_layers.py`)",
     "tools": "fold, precise, convert, freeze, sync, summary, doctor, param_groups x odd models (`battery_tools.py`)",
-    "lab": "damaged data files through `load` and `normlab reproduce --data` (`battery_lab.py`)",
+    "lab": "damaged data files through `load` and `normlab reproduce --data`; the lab's own runs: damaged cache "
+           "files, workers killed, a full or read-only output folder (`battery_lab.py`)",
 }
 
 
@@ -97,9 +98,7 @@ def render(outcomes: list[tuple[str, str]]) -> str:
         lines += [f"- {kind} | {what} | {backend or 'both backends'}: {outcome}: {why}"
                   for (kind, what, backend), (outcome, why) in known]
         lines += [""]
-    lines += ["The lab's run faults (a killed driver or worker, a damaged cache, an unwritable output folder) are "
-              "added to `PENDING` in `battery_lab.py` with their handling."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 if __name__ == "__main__":

@@ -37,18 +37,18 @@ def without_timing(doc):
 
 
 def test_runs_are_cached_by_config(tmp_path, monkeypatch, mnist1d):
-    first, fingerprints = rep.run_all(CONFIGS, tmp_path, jobs=1, progress=False)
+    first, fingerprints, failed = rep.run_all(CONFIGS, tmp_path, jobs=1, progress=False)
     assert sorted(p.stem for p in (tmp_path / "runs").glob("*.json")) == sorted(c.key() for c in CONFIGS)
     here = fingerprint_id(fingerprint())
-    assert set(fingerprints) == {here} and all(r["fingerprint"] == here for r in first.values())
-    monkeypatch.setattr(rep, "train_group", lambda *a: pytest.fail("a cached run was trained again"))
-    assert rep.run_all(CONFIGS + CONFIGS[:1], tmp_path, jobs=1, progress=False) == (first, fingerprints)
+    assert set(fingerprints) == {here} and all(r["fingerprint"] == here for r in first.values()) and failed == {}
+    monkeypatch.setattr(rep, "train_group", lambda *a, **k: pytest.fail("a cached run was trained again"))
+    assert rep.run_all(CONFIGS + CONFIGS[:1], tmp_path, jobs=1, progress=False) == (first, fingerprints, {})
 
 
 def test_a_damaged_cache_entry_is_trained_again(tmp_path, mnist1d):
-    first, _ = rep.run_all(CONFIGS[:2], tmp_path, jobs=1, progress=False)
+    first, _, _ = rep.run_all(CONFIGS[:2], tmp_path, jobs=1, progress=False)
     (tmp_path / "runs" / f"{CONFIGS[0].key()}.json").write_text('{"config": {"trunc')
-    again, _ = rep.run_all(CONFIGS[:2], tmp_path, jobs=1, progress=False)
+    again, _, _ = rep.run_all(CONFIGS[:2], tmp_path, jobs=1, progress=False)
     # the same numbers, though the damaged run now trained alone and the other one in a group of two
     assert {k: {**v, "seconds": 0, "group_size": 0} for k, v in again.items()} == {k: {**v, "seconds": 0, "group_size": 0} for k, v in first.items()}
 

@@ -5,8 +5,10 @@ on another CPU, or with another build of torch, MKL or oneDNN, the first update 
 differs by rounding and training amplifies it. :func:`fingerprint` records what decides
 that: the CPU model and its flags, the vector instructions torch's CPU kernels use
 (``torch.backends.cpu.get_cpu_capability()``), the versions of torch, MKL, oneDNN and
-NumPy, and the threads per run. ``normlab reproduce`` stores it with every run and in
-``results.json``; a report whose runs come from more than one fingerprint says so.
+NumPy, and the threads per run; for runs trained on a GPU, also the device's name,
+its compute capability and the CUDA and cuDNN versions. ``normlab reproduce`` stores
+it with every run and in ``results.json``; a report whose runs come from more than one
+fingerprint says so.
 """
 
 from __future__ import annotations
@@ -42,10 +44,19 @@ def _library(pattern: str) -> str | None:
     return found.group(1).strip() if found else None
 
 
-@functools.lru_cache(maxsize=1)
-def fingerprint() -> dict:
-    """This process's fingerprint: a JSON-ready dict (see the module docstring)."""
+@functools.lru_cache(maxsize=4)
+def fingerprint(device: str = "cpu") -> dict:
+    """The fingerprint of runs trained by this process on ``device``: a JSON-ready dict (see the module docstring)."""
     model, flags = _cpu()
+    gpu = {}
+    if torch.device(device).type == "cuda":
+        index = torch.device(device).index or 0
+        gpu = {
+            "device": torch.cuda.get_device_name(index),
+            "compute_capability": ".".join(map(str, torch.cuda.get_device_capability(index))),
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+        }
     return {
         "cpu": model,
         "cpu_flags": flags,
@@ -56,6 +67,7 @@ def fingerprint() -> dict:
         "onednn": _library(r"MKL-DNN v([\d.]+)"),
         "numpy": numpy.__version__,
         "threads": THREADS,
+        **gpu,
     }
 
 

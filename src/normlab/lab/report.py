@@ -33,7 +33,7 @@ import math
 from . import plots
 from .._atomic import atomic_write
 from .claims import Run, everything
-from .claims.base import SKIPPED
+from .claims.base import UNJUDGED
 from .references import ARTICLES, PAPERS
 from .stats import REPRODUCED, Part, fmt
 from .train import RunConfig
@@ -92,14 +92,14 @@ def headline(doc: dict) -> list[tuple[str, str, str, str]]:
     rows = []
     for c in doc["claims"]:
         says = c.get("headline") or c["statement"]
-        effect = c["explanation"] if c["verdict"] == SKIPPED else effect_text(deciding_part(c))
+        effect = c["explanation"] if c["verdict"] in UNJUDGED else effect_text(deciding_part(c))
         rows.append((c["name"], says, c["verdict"], effect))
     return rows
 
 
 def _figures_cell(claim: dict) -> list[str]:
     """The figures column of a claim's row: its figures, or why it was skipped."""
-    return [claim["explanation"]] if claim["verdict"] == SKIPPED else figure_lines(claim["figures"])
+    return [claim["explanation"]] if claim["verdict"] in UNJUDGED else figure_lines(claim["figures"])
 
 
 def part_lines(claim: dict) -> list[str]:
@@ -116,28 +116,28 @@ def _nan(x):
 
 
 def _seeds(claim: dict) -> str:
-    if claim["verdict"] == SKIPPED:
+    if claim["verdict"] in UNJUDGED:
         return "not run"
     return f"{claim['seeds']} seeds per arm, round {claim['look']} of {claim['looks']}"
 
 
 def table(doc: dict) -> str:
     """The verdict table as plain text, for the terminal: each claim's verdict and its seeds per
-    arm; a skipped claim with its reason."""
-    rows = [(c["name"], c["verdict"], _seeds(c)) for c in doc["claims"] if c["verdict"] != SKIPPED]
+    arm; a skipped or failed claim with its reason."""
+    rows = [(c["name"], c["verdict"], _seeds(c)) for c in doc["claims"] if c["verdict"] not in UNJUDGED]
     width = max(len(c["name"]) for c in doc["claims"]) + 2
     vw = max([len(r[1]) for r in rows] + [len("verdict")]) + 2
     lines = [f"{'claim':<{width}}{'verdict':<{vw}}seeds"]
     for c in doc["claims"]:
-        if c["verdict"] == SKIPPED:
-            lines.append(f"{c['name']:<{width}}{SKIPPED}: {c['explanation']}")
+        if c["verdict"] in UNJUDGED:
+            lines.append(f"{c['name']:<{width}}{c['verdict']}: {c['explanation']}")
         else:
             lines.append(f"{c['name']:<{width}}{c['verdict']:<{vw}}{_seeds(c)}")
     return "\n".join(lines + ([f"({SMOKE_TEST})"] if _smoke(doc) else []))
 
 
 def _short(claim: dict) -> str:
-    return claim["verdict"] if claim["verdict"] == SKIPPED else f"{claim['verdict']} ({claim['seeds']} seeds)"
+    return claim["verdict"] if claim["verdict"] in UNJUDGED else f"{claim['verdict']} ({claim['seeds']} seeds)"
 
 
 def compare(docs: list[dict], labels: list[str]) -> str:
@@ -178,7 +178,7 @@ def _plots(doc: dict) -> dict[str, bytes]:
     images = {}
     for c in doc["claims"]:
         claim = everything().get(c["name"])
-        if claim is None or c["verdict"] == SKIPPED:
+        if claim is None or c["verdict"] in UNJUDGED:
             continue
         runs = [Run(RunConfig.from_dict(doc["runs"][k]["config"]), doc["runs"][k]["result"]) for k in c["runs"]]
         images[c["name"]] = plots.png(claim.plot(runs, c["figures"]))
@@ -221,8 +221,8 @@ def markdown(doc: dict, images: dict[str, bytes]) -> str:
     for c in doc["claims"]:
         out += ["", f"## {c['name']}", "", f"*{c['source']}*: {c['statement']}", ""]
         out += [f"- **Measured**: {c['measured']}", f"- **Criterion**: {c['criterion']}"]
-        if c["verdict"] == SKIPPED:
-            out += [f"- **Verdict**: **{SKIPPED}**: {c['explanation']}", ""]
+        if c["verdict"] in UNJUDGED:
+            out += [f"- **Verdict**: **{c['verdict']}**: {c['explanation']}", ""]
         else:
             out += [f"- **Verdict** ({_seeds(c)}): **{c['verdict']}**"] + [f"  - {x}" for x in part_lines(c)] + [""]
         out += [f"- {x}" for x in [*_findings(c), *figure_lines(c["figures"])]]
@@ -242,7 +242,7 @@ td.figures { min-width: 24em; }
 .reproduced { background: #dff3df; font-weight: bold; }
 .not-reproduced { background: #f8dcdc; font-weight: bold; }
 .inconclusive { background: #f6efd2; font-weight: bold; }
-.skipped { background: #eeeeee; color: #555; }
+.skipped, .failed { background: #eeeeee; color: #555; }
 .about { color: #666; font-size: 0.85em; }
 .note { background: #f6efd2; padding: 0.5em; }
 img { max-width: 100%; }
@@ -285,7 +285,7 @@ def page(doc: dict, images: dict[str, bytes]) -> str:
             f'<p><em>{e(c["source"])}</em>: {e(c["statement"])}</p>'
             f'<p><b>Measured</b>: {e(c["measured"])}<br><b>Criterion</b>: {e(c["criterion"])}<br>'
             f'<b>Verdict</b> ({e(_seeds(c))}): <span class="{c["verdict"].replace(" ", "-")}">{e(c["verdict"])}</span>'
-            + (f": {e(c['explanation'])}" if c["verdict"] == SKIPPED else "") + "</p>"
+            + (f": {e(c['explanation'])}" if c["verdict"] in UNJUDGED else "") + "</p>"
             f"<ul>{items(part_lines(c))}</ul><ul>{items([*_findings(c), *figure_lines(c['figures'])])}</ul>{img}</section>"
         )
     head = "".join(f"<th>{e(h)}</th>" for h in COLUMNS)

@@ -30,7 +30,7 @@ import concurrent.futures as cf
 import datetime
 import functools
 import json
-import multiprocessing
+import math
 import os
 import pathlib
 import platform
@@ -43,12 +43,15 @@ from .._progress import Progress
 from . import data as datasets
 from . import stats
 from .claims import PROFILES, Claim, Profile, Run, for_profile
-from .claims.base import SKIPPED
+from .claims.base import FAILED, SKIPPED
+from .executors import LOST, WorkerLost, WorkerPool
 from .fingerprint import fingerprint, fingerprint_id
 from .models import build, macs, torch_calls
-from .train import RESULT_VERSION, RunConfig, group_key, train_group
+from .train import RESULT_VERSION, RunConfig, group_key, resolve_device, train_group
 
-__all__ = ["reproduce", "run_all", "plan", "groups", "work", "judge", "default_jobs", "MAX_MEMBERS"]
+__all__ = [
+    "reproduce", "run_all", "plan", "groups", "work", "judge", "load_run", "default_jobs", "MAX_MEMBERS", "RETRIES", "OutputError",
+]
 
 MAX_MEMBERS = 20  # runs per group: past about this many, a group trains no faster per run on a CPU
 
@@ -62,14 +65,75 @@ def _run_path(out: pathlib.Path, config: RunConfig) -> pathlib.Path:
     return out / "runs" / f"{config.key()}.json"
 
 
-def load_run(out: pathlib.Path, config: RunConfig) -> dict | None:
-    """The cached run of ``config`` under ``out`` (``{"config", "result", "fingerprint"}``), or None
-    (a damaged file counts as missing)."""
+class OutputError(OSError):
+    """The output folder cannot be written (read-only, full): one line naming the folder."""
+
+
+def _write(path: pathlib.Path, data: bytes) -> None:
+    """``path`` written whole or not at all (a temporary file renamed); an OSError becomes an :class:`OutputError`."""
     try:
-        stored = json.loads(_run_path(out, config).read_text())
-    except (OSError, ValueError):
+        atomic_write(path, data)
+    except OSError as e:
+        raise OutputError(f"cannot write {path.parent}: {e.strerror or e} (nothing half-written is left there)") from e
+
+
+def _damage(stored, config: RunConfig) -> str | None:
+    """What is wrong with a cached run of ``config`` as read from JSON, or None when it can be used:
+    its config must be ``config``'s, and the numbers the claims read must be numbers, finite."""
+    if not isinstance(stored, dict):
+        return f"it holds {type(stored).__name__}, not a run"
+    if stored.get("config") != config.to_dict():
+        return "its config is not the one its name stands for"
+    result = stored.get("result")
+    if not isinstance(result, dict):
+        return "it has no result"
+    for name in ("final_test_accuracy", "final_train_accuracy"):
+        x = result.get(name)
+        if not _number(x):
+            return f"its {name} is {x!r}, not a finite number"
+    accuracies = result.get("test_accuracy")
+    if not isinstance(accuracies, list) or not accuracies or not all(_number(x) for x in accuracies):
+        return "its test_accuracy is not a list of finite numbers"
+    if not all(x is None or _number(x) for x in result.get("train_loss") or []):
+        return "its train_loss holds a value that is not a finite number"
+    return None
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def load_run(out: pathlib.Path, config: RunConfig) -> dict | None:
+    """The cached run of ``config`` under ``out`` (``{"config", "result", "fingerprint"}``), or None.
+
+    A file that is there but cannot be used (not JSON, the wrong shape, NaN where a number
+    must be: :func:`_damage`) is moved aside to ``runs/damaged/`` with a line on stderr
+    saying so, and the run counts as missing: it is trained again."""
+    path = _run_path(out, config)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
         return None
-    return stored if stored.get("config") == config.to_dict() and "result" in stored else None
+    except (OSError, UnicodeDecodeError) as e:
+        why = f"it cannot be read ({e})"
+    else:
+        try:
+            stored = json.loads(text)
+        except ValueError:
+            why = "it is not valid JSON"
+        else:
+            why = _damage(stored, config)
+            if why is None:
+                return stored
+    aside = path.parent / "damaged" / path.name
+    try:
+        aside.parent.mkdir(exist_ok=True)
+        os.replace(path, aside)
+        where = f"moved to {aside}"
+    except OSError as e:
+        where = f"left where it is ({e.strerror or e})"
+    print(f"normlab reproduce: the cached run {path} is damaged ({why}); {where}; it is trained again", file=sys.stderr)
+    return None
 
 
 @functools.lru_cache(maxsize=2)
@@ -81,11 +145,14 @@ def _data_of(config: RunConfig) -> datasets.Dataset:
     return _dataset(config.data, config.preprocess)
 
 
-def work(configs: list[RunConfig]) -> tuple[list[dict], dict]:
-    """Train one group (in a worker process or in this one): each member's result, and the
-    fingerprint of the machine that trained them."""
-    results = train_group(configs, _data_of(configs[0]))
-    fp = fingerprint()
+def work(configs: list[RunConfig], device: str = "cpu", dataset: datasets.Dataset | None = None) -> tuple[list[dict], dict]:
+    """Train one group on ``device`` (in whatever process an executor runs it) and return each
+    member's result and the fingerprint of the machine and device that trained them. The data
+    is ``dataset``, or loaded here by its name and preprocessing (``configs[0]``)."""
+    ds = dataset if dataset is not None else _data_of(configs[0])
+    used = resolve_device(device)
+    results = train_group(configs, ds, device=used)
+    fp = fingerprint(str(used))
     for r in results:
         r["fingerprint"] = fingerprint_id(fp)
     return results, fp
@@ -123,54 +190,126 @@ def _work(spec, sample_shape, classes) -> tuple[int, int]:
     return macs(model, sample_shape), torch_calls(model, sample_shape)
 
 
-def run_all(configs: list[RunConfig], out: pathlib.Path, jobs: int = 1, progress: bool = True, desc: str = "") -> tuple[dict, dict]:
-    """Results of every config by key, training those not cached under ``out``, and the
-    fingerprints of the machines that trained them, by :func:`fingerprint_id`."""
+RETRIES = 2  # a group whose worker dies is tried at most 1 + RETRIES times, then its runs are reported failed
+
+
+def run_all(
+    configs: list[RunConfig],
+    out: pathlib.Path,
+    jobs: int = 1,
+    progress: bool = True,
+    desc: str = "",
+    *,
+    executor: cf.Executor | None = None,
+    device: str = "cpu",
+    retries: int = RETRIES,
+) -> tuple[dict, dict, dict]:
+    """Train the configs not cached under ``out`` and return ``(results, fingerprints, failed)``:
+    the result of every config that has one, by key; the fingerprints of the machines that
+    trained them, by :func:`fingerprint_id`; and why each run that could not be trained
+    (its worker died ``1 + retries`` times) failed, by key.
+
+    The groups (:func:`groups`) go to ``executor``, any :class:`concurrent.futures.Executor`
+    (:mod:`normlab.lab.executors`), longest first; without one, to a :class:`WorkerPool` of
+    ``jobs`` processes made for this call, or, with ``jobs=1``, this process. Each group's
+    runs are written to ``out/runs/`` by this process as soon as the group comes back, so
+    a driver killed at any time loses no finished group, and any later call, with any
+    executor, reuses them."""
     out = pathlib.Path(out)
     unique = {c.key(): c for c in configs}
-    results, fingerprints = {}, {}
+    results, fingerprints, failed = {}, {}, {}
     for k, c in unique.items():
         stored = load_run(out, c)
         if stored is not None:
             results[k] = stored["result"]
             fp = stored.get("fingerprint")
-            if fp:
+            if isinstance(fp, dict):
                 fingerprints[fingerprint_id(fp)] = fp
     todo = sorted(groups([c for k, c in unique.items() if k not in results]), key=_cost, reverse=True)
     if not todo:
-        return results, fingerprints
+        return results, fingerprints, failed
     costs = [_cost(g) for g in todo]
     runs = sum(len(g) for g in todo)
-    bar = Progress(runs, work=sum(costs), unit="runs", desc=desc) if progress else None
+    own = executor is None and jobs > 1
+    if own:
+        executor = WorkerPool(min(jobs, len(todo)))
+    bar = Progress(len(todo), work=sum(costs), unit="groups", desc=desc, parts=runs, part_unit="runs") if progress else None
     if bar:
-        workers = min(jobs, len(todo))
-        bar.stream.write(f"{runs} runs to train ({len(results)} already done), in {len(todo)} groups, {workers} at a time\n")
+        if executor is None or hasattr(executor, "workers"):
+            where = f"{min(getattr(executor, 'workers', 1), len(todo))} at a time"
+        else:
+            where = str(executor) if type(executor).__str__ is not object.__str__ else f"on {type(executor).__name__}"
+        bar.stream.write(f"{runs} runs to train ({len(results)} already done), in {len(todo)} groups, {where}\n")
         bar.show()
 
-    def store(group, trained, fp):
+    def store(i, trained, fp):
         fingerprints[fingerprint_id(fp)] = fp
-        for c, r in zip(group, trained):
-            atomic_write(_run_path(out, c), json.dumps({"config": c.to_dict(), "result": r, "fingerprint": fp}).encode())
+        for c, r in zip(todo[i], trained):
+            _write(_run_path(out, c), json.dumps({"config": c.to_dict(), "result": r, "fingerprint": fp}).encode())
             results[c.key()] = r
+        if bar:
+            bar.advance(costs[i], 1, len(todo[i]))
 
-    if jobs <= 1:
-        for g, cost in zip(todo, costs):
-            store(g, *work(g))
-            if bar:
-                bar.advance(cost, len(g))
-        return results, fingerprints
-    context = multiprocessing.get_context("spawn")  # fork after torch has started threads is unsafe
-    pool = cf.ProcessPoolExecutor(min(jobs, len(todo)), mp_context=context)
+    if executor is None:
+        for i, g in enumerate(todo):
+            store(i, *work(g, device))
+        return results, fingerprints, failed
+    shared: dict[tuple, object] = {}  # each dataset (name, preprocessing) shipped to the executor once, where it can
+
+    def data(group):
+        if not hasattr(executor, "share"):
+            return None
+        key = (group[0].data, group[0].preprocess)
+        if key not in shared:
+            shared[key] = executor.share(_data_of(group[0]))
+        return shared[key]
+    pending: dict[cf.Future, int] = {}
+    attempts = [0] * len(todo)
+
+    def submit(i):
+        attempts[i] += 1
+        try:
+            future = executor.submit(work, todo[i], device, data(todo[i]))
+        except (cf.BrokenExecutor, RuntimeError) as e:  # an executor that cannot take more: the group is lost
+            future = cf.Future()
+            future.set_exception(e if isinstance(e, LOST) else WorkerLost(str(e)))
+        pending[future] = i
+
     try:
-        futures = {pool.submit(work, g): (g, cost) for g, cost in zip(todo, costs)}
-        for f in cf.as_completed(futures):
-            g, cost = futures[f]
-            store(g, *f.result())
-            if bar:
-                bar.advance(cost, len(g))
+        for i in range(len(todo)):
+            submit(i)
+        while pending:
+            done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                i = pending.pop(future)
+                e = future.exception()
+                if e is None:
+                    store(i, *future.result())
+                elif not isinstance(e, LOST):
+                    raise e
+                elif attempts[i] <= retries:
+                    _say(bar, f"a group of {len(todo[i])} runs was lost ({e}); trying it again, attempt {attempts[i] + 1} of {retries + 1}")
+                    submit(i)
+                else:
+                    why = f"its worker died {attempts[i]} times; the last time: {e}"
+                    _say(bar, f"a group of {len(todo[i])} runs failed: {why}")
+                    failed.update({c.key(): why for c in todo[i]})
+                    if bar:
+                        bar.advance(costs[i], 1, len(todo[i]))
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    return results, fingerprints
+        for future in pending:
+            future.cancel()
+        if own and pending:  # interrupted: what is still training is not waited for
+            executor.terminate()
+        elif own:
+            executor.shutdown()
+    return results, fingerprints, failed
+
+
+def _say(bar: Progress | None, line: str) -> None:
+    stream = bar.stream if bar else sys.stderr
+    stream.write(f"\nnormlab reproduce: {line}\n" if bar and bar.tty else f"normlab reproduce: {line}\n")
+    stream.flush()
 
 
 def plan(claims: list[Claim], profile: Profile) -> tuple[dict, dict]:
@@ -220,6 +359,14 @@ def judge(claim: Claim, runs: list[Run], look: int = 1, looks: int = 1) -> dict:
     }
 
 
+def failed(claim: Claim, runs: list[RunConfig], lost: dict, look: int = 1, looks: int = 1) -> dict:
+    """The entry of a claim some of whose runs could not be trained (``lost``: :func:`run_all`'s
+    ``failed``): what it declares, and why it has no verdict."""
+    why = [lost[r.key()] for r in runs if r.key() in lost]
+    explanation = f"{len(why)} of its {len(runs)} runs could not be trained ({why[0]}); run reproduce again to retry them"
+    return {**_declared(claim), "runs": [], "figures": {}, "verdict": FAILED, "explanation": explanation, "look": look, "looks": looks}
+
+
 def versions() -> dict:
     out = {"python": platform.python_version(), "platform": platform.platform()}
     for package in ("normlab", "torch", "numpy", "scipy", "mnist1d", "matplotlib"):
@@ -236,11 +383,16 @@ def reproduce(
     out: str | os.PathLike = "normlab-report",
     jobs: int | None = None,
     progress: bool = True,
+    executor: cf.Executor | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Test the claims ``names`` under ``profile``; write ``out``/results.json and the report.
 
     By default all the claims, or in the sources profile all the source experiments
     (:func:`normlab.lab.claims.for_profile`); the tiny profile runs either, with a test budget.
+    The runs train on ``device`` ("cpu", "cuda" or "auto": CUDA where there is one) through
+    ``executor`` (see :func:`run_all`); without one, in a :class:`WorkerPool` of ``jobs``
+    processes (default: :func:`default_jobs`) that lives through every round.
     """
     from . import report
 
@@ -248,25 +400,42 @@ def reproduce(
     claims = for_profile(profile.name, names)
     out = pathlib.Path(out)
     start = time.monotonic()
+    if executor is None:
+        resolve_device(device)  # fail early on --device cuda without CUDA; elsewhere the workers decide
     skipped = plan(claims, profile)[1]  # loads every dataset (MNIST-1D generated once) before the workers start
     for name, reason in skipped.items():
         print(f"skipping {name}: {reason}", file=sys.stderr)
     entries = {c.name: skip(c, skipped[c.name]) for c in claims if c.name in skipped}
     planned, results, fingerprints = {}, {}, {}
     pending = [c for c in claims if c.name not in skipped]
-    for look in range(1, profile.looks + 1):
-        if not pending:
-            break
-        at = profile.at(look)
-        for c in pending:
-            planned[c.name] = c.runs(at)
-        desc = f"round {look}/{profile.looks}, {profile.rounds[look - 1]} seeds:" if profile.looks > 1 else ""
-        got, fps = run_all([r for c in pending for r in planned[c.name]], out, jobs or default_jobs(), progress, desc)
-        results.update(got)
-        fingerprints.update(fps)
-        for c in pending:
-            entries[c.name] = judge(c, [Run(r, results[r.key()]) for r in planned[c.name]], look, profile.looks)
-        pending = [c for c in pending if entries[c.name]["verdict"] == stats.INCONCLUSIVE]
+    jobs = jobs or default_jobs()
+    own = executor is None and jobs > 1 and bool(pending)
+    if own:
+        executor = WorkerPool(jobs)
+    try:
+        for look in range(1, profile.looks + 1):
+            if not pending:
+                break
+            at = profile.at(look)
+            for c in pending:
+                planned[c.name] = c.runs(at)
+            desc = f"round {look}/{profile.looks}, {profile.rounds[look - 1]} seeds:" if profile.looks > 1 else ""
+            todo = [r for c in pending for r in planned[c.name]]
+            got, fps, lost = run_all(todo, out, jobs, progress, desc, executor=executor, device=device)
+            results.update(got)
+            fingerprints.update(fps)
+            for c in pending:
+                if any(r.key() in lost for r in planned[c.name]):
+                    entries[c.name] = failed(c, planned[c.name], lost, look, profile.looks)
+                else:
+                    entries[c.name] = judge(c, [Run(r, results[r.key()]) for r in planned[c.name]], look, profile.looks)
+            pending = [c for c in pending if entries[c.name]["verdict"] == stats.INCONCLUSIVE]
+    except BaseException:
+        if own:
+            executor.terminate()
+        raise
+    if own:
+        executor.shutdown()
     here = fingerprint()
     doc = {
         "format": 2,
@@ -279,10 +448,13 @@ def reproduce(
         "claims": [entries[c.name] for c in claims],
         "runs": {},
     }
-    for config in (c for rs in planned.values() for c in rs):
+    for config in (c for rs in planned.values() for c in rs if c.key() in results):
         doc["runs"][config.key()] = {"config": config.to_dict(), "result": results[config.key()]}
     doc["seconds"] = round(time.monotonic() - start, 1)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "results.json", json.dumps(doc, indent=1).encode())
-    report.write(out / "results.json")
+    _write(out / "results.json", json.dumps(doc, indent=1).encode())
+    try:
+        report.write(out / "results.json")
+    except OSError as e:
+        raise OutputError(f"cannot write the report in {out}: {e.strerror or e} (results.json is written; "
+                          f"python -m normlab.lab.report {out / 'results.json'} writes the report again)") from e
     return doc

@@ -288,7 +288,7 @@ class Noise(Stacked):
                 return x.new_empty(channel_shape).uniform_(*low_high, generator=g)
 
             def randn(g=g):
-                return torch.randn((N, C, *size), generator=g, dtype=x.dtype)
+                return torch.randn((N, C, *size), generator=g, dtype=x.dtype, device=x.device)
 
             scales.append(uniform(S.SCALE_MEAN) + uniform(S.SCALE_STD) * randn())
             shifts.append(uniform(S.SHIFT_MEAN) + uniform(S.SHIFT_STD) * randn())

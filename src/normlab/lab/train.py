@@ -21,6 +21,18 @@ tests check it). :func:`train` is a group of one. :func:`train_separately` is th
 training written plainly, one ``nn.Module`` at a time: the oracle the stacked runner
 is tested against (equal up to rounding) and the baseline of its benchmark.
 
+A group trains on one device (``device``: :func:`resolve_device`): the data, the
+stacked model and its optimizer live there, and between two logs the host never
+waits for it. The steps of a log interval are queued with their mini-batch indices
+drawn beforehand; each member's losses and a flag "non-finite loss or statistics"
+stay on the device, read once at the log. Should a flag be up, the interval is
+replayed from a copy taken at its start, step by step with the checks on the host,
+so that a diverged member ends exactly where a checked loop would end it (the
+replay is rare: it happens once per divergence). On a GPU the members' random
+streams are the device's generators, seeded with each run's seed: the numbers
+differ from a CPU run's (as they do from one CPU to another), and the fingerprint
+says which device trained each run.
+
 Every ``eval_every`` steps (and at step 0 and at the end) it logs the mean training
 loss since the last log, the validation and the test accuracy (tuning reads the
 validation split's, verdicts the test split's), and the output of each requested probe
@@ -67,7 +79,10 @@ from .augment import AUGMENTATIONS
 from .measures import MEASURES, TrainingStep
 from .models import ACTIVATIONS, WEIGHTED, ModelSpec, as_dict, build, later, loss, penalty, predict
 
-__all__ = ["RunConfig", "train", "train_group", "train_separately", "group_key", "PROBES", "probe", "RESULT_VERSION", "TRAINABLE"]
+__all__ = [
+    "RunConfig", "train", "train_group", "train_separately", "group_key", "PROBES", "probe", "RESULT_VERSION", "TRAINABLE",
+    "DEVICES", "DeviceError", "resolve_device",
+]
 
 # Bump when a change to the loop changes results: cached runs of older versions are redone.
 RESULT_VERSION = 4
@@ -158,6 +173,30 @@ class RunConfig:
         """A copy with some fields changed; ``model_*`` keywords change the model spec."""
         model = {k[6:]: changes.pop(k) for k in list(changes) if k.startswith("model_")}
         return replace(self, model=replace(self.model, **model), **changes)
+
+
+# --- devices -------------------------------------------------------------------------------
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+class DeviceError(ValueError):
+    """A device that cannot be used here (CUDA asked for where there is none)."""
+
+
+def resolve_device(device: str | torch.device = "cpu") -> torch.device:
+    """The device ``device`` names: ``"cpu"``, ``"cuda"`` (or ``"cuda:1"``), or ``"auto"`` (CUDA
+    when this process sees a GPU, else the CPU). CUDA asked for where there is none is a
+    :class:`DeviceError` saying why."""
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.split(":")[0] not in DEVICES[:2]:
+        raise DeviceError(f"device must be one of {', '.join(DEVICES)}, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "torch sees no CUDA device"
+        raise DeviceError(f"device {name}: CUDA is not available here ({why}; torch {torch.__version__}); use cpu or auto")
+    return torch.device(name)
 
 
 # --- probes: statistics recorded during training ----------------------------------------
@@ -301,7 +340,7 @@ def _accuracies(net: nn.Module, K: int, x: torch.Tensor, y: torch.Tensor, batch:
     """:func:`accuracy` of each member of the stacked ``net`` on the same samples."""
     was_training = net.training
     net.eval()
-    correct = torch.zeros(K, dtype=torch.long)
+    correct = torch.zeros(K, dtype=torch.long, device=x.device)
     with torch.no_grad():
         for i in range(0, len(x), batch):
             chunk = x[i : i + batch]
@@ -331,10 +370,10 @@ def train(config: RunConfig, dataset: datasets.Dataset | None = None) -> dict:
     return train_group([config], dataset)[0]
 
 
-def train_group(configs: list[RunConfig], dataset: datasets.Dataset | None = None) -> list[dict]:
+def train_group(configs: list[RunConfig], dataset: datasets.Dataset | None = None, device: str | torch.device = "cpu") -> list[dict]:
     """Train the runs ``configs``, which share everything but their seed and initial weights
-    (:func:`group_key`), as one stacked model (:mod:`normlab.lab.stacked`); return each
-    run's result, the same whatever else trains with it."""
+    (:func:`group_key`), as one stacked model (:mod:`normlab.lab.stacked`) on ``device``
+    (:func:`resolve_device`); return each run's result, the same whatever else trains with it."""
     configs = list(configs)
     if not configs:
         return []
@@ -343,9 +382,13 @@ def train_group(configs: list[RunConfig], dataset: datasets.Dataset | None = Non
         raise ValueError("train_group: the runs of a group may differ only in their seed, model.init and model.init_scale")
     ds = dataset if dataset is not None else datasets.load(first.data, first.preprocess)
     x_train, y_train = _training_split(first, ds)
+    where = resolve_device(device)
+    if where.type != "cpu":
+        ds = replace(ds, **{k: getattr(ds, k).to(where) for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")})
+        x_train, y_train = x_train.to(where), y_train.to(where)
     start = time.perf_counter()
     with _one_thread():
-        return _Group(configs, ds, x_train, y_train).run(start)
+        return _Group(configs, ds, x_train, y_train, where).run(start)
 
 
 def _training_split(config: RunConfig, ds: datasets.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -442,8 +485,8 @@ def train_separately(config: RunConfig, dataset: datasets.Dataset | None = None)
 class _Group:
     """The state of one group's training; :meth:`run` is the loop."""
 
-    def __init__(self, configs: list[RunConfig], ds: datasets.Dataset, x_train: torch.Tensor, y_train: torch.Tensor) -> None:
-        self.configs, self.ds, self.x_train, self.y_train = configs, ds, x_train, y_train
+    def __init__(self, configs, ds: datasets.Dataset, x_train: torch.Tensor, y_train: torch.Tensor, device: torch.device) -> None:
+        self.configs, self.ds, self.x_train, self.y_train, self.device = configs, ds, x_train, y_train, device
         self.K = K = len(configs)
         first = configs[0]
         # each member as its separate run would be: weights after manual_seed(seed), then its random stream
@@ -452,11 +495,14 @@ class _Group:
             torch.manual_seed(c.seed)
             m = build(c.model, ds.sample_shape, ds.classes)
             member_masks.append(_trainable(m, c.trainable, c.seed)[1])
-            self.members.append(m)
-            g = torch.Generator()
-            g.set_state(torch.get_rng_state())
+            self.members.append(m.to(device))
+            if device.type == "cpu":  # the stream a separate run's dropout would draw from: the global one after build
+                g = torch.Generator()
+                g.set_state(torch.get_rng_state())
+            else:
+                g = torch.Generator(device).manual_seed(c.seed)
             self.generators.append(g)
-        self.net = stacked.stack(self.members)
+        self.net = stacked.stack(self.members).to(device)
         stacked.set_generators(self.net, self.generators)
         member_params = [list(m.parameters()) for m in self.members]
         chosen, masks = [], {}
@@ -464,7 +510,7 @@ class _Group:
             if member_params[0][i].requires_grad:
                 chosen.append(p)
                 if id(member_params[0][i]) in member_masks[0]:
-                    masks[id(p)] = torch.stack([member_masks[k][id(member_params[k][i])] for k in range(K)]).view_as(p)
+                    masks[id(p)] = torch.stack([member_masks[k][id(member_params[k][i])] for k in range(K)]).view_as(p).to(device)
         _restrict(self.net, chosen, masks)
         self.optimizer = OPTIMIZERS[first.optimizer](chosen, first)
         self.plain_optimizers: dict[int, torch.optim.Optimizer] = {}
@@ -480,6 +526,7 @@ class _Group:
         self.statistics = [b for _, buffers in self.norms for b in buffers]
         self.kernels = [m.weight for m in self.net.modules() if isinstance(m, (stacked.Linear, stacked.Conv))][:-1]
         self.alive = [True] * K
+        self.living_index = torch.arange(K, device=device)  # self.living(), as the device indexes with it
         self.diverged: list[dict | None] = [None] * K
         self.final_model: dict[int, nn.Module] = {}  # of each diverged member, what was left of it
         self.losses: list[list[float]] = [[] for _ in range(K)]
@@ -532,13 +579,16 @@ class _Group:
 
     @contextlib.contextmanager
     def random_stream(self, k: int):
-        """The global RNG at member k's stream, as a separate run's probes and measures see it; then as it was."""
-        rng = torch.get_rng_state()
-        torch.set_rng_state(self.generators[k].get_state())
+        """The global RNG (of the group's device) at member k's stream, as a separate run's probes and
+        measures see it; then as it was."""
+        cuda = self.device.type == "cuda"
+        get, put = (torch.cuda.get_rng_state, torch.cuda.set_rng_state) if cuda else (torch.get_rng_state, torch.set_rng_state)
+        rng = get(self.device) if cuda else get()
+        put(self.generators[k].get_state(), self.device) if cuda else put(self.generators[k].get_state())
         try:
             yield
         finally:
-            torch.set_rng_state(rng)
+            put(rng, self.device) if cuda else put(rng)
 
     def record(self, step: int) -> None:
         val = _accuracies(self.net, self.K, self.ds.x_val, self.ds.y_val)
@@ -572,6 +622,7 @@ class _Group:
                 break
         self.diverged[k] = {"step": step, "reason": reason}
         self.alive[k] = False
+        self.living_index = torch.tensor(self.living(), dtype=torch.long, device=self.device)
         self.final_model[k] = self.plain(k)
 
     def bury(self, k: int, saved: torch.Tensor | None) -> None:
@@ -625,44 +676,115 @@ class _Group:
         x = self.x_train[idx]
         return x if self.augment is None else self.augment(x, self.augment_generators[k])
 
-    def step_inputs(self) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Each member's batch indices, the stacked samples ``(K, C, N, *positions)`` and labels ``(K, N)``."""
-        idx = [next(b) for b in self.batches]
-        x = torch.stack([self.batch(k, i) for k, i in enumerate(idx)])  # (K, N, C, *positions)
-        return idx, x.transpose(1, 2).contiguous(), self.y_train[torch.stack(idx)]
+    def inputs(self, idx: torch.Tensor) -> torch.Tensor:
+        """The stacked samples ``(K, C, N, *positions)`` of every member's mini-batch ``idx[k]``."""
+        x = self.x_train[idx] if self.augment is None else torch.stack([self.batch(k, i) for k, i in enumerate(idx)])
+        return x.transpose(1, 2).contiguous()
 
-    def run(self, start: float) -> list[dict]:
-        first, K = self.configs[0], self.K
-        self.record(0)
-        self.net.train()
-        for step in range(1, first.steps + 1):
-            idx, x, y = self.step_inputs()
-            if first.measures and (step - 1) % first.eval_every == 0:
-                for k in self.living():
-                    self.measure(step - 1, k, idx[k], x[k].transpose(0, 1), "logs")
+    def indices(self, steps: int) -> tuple[list[list[torch.Tensor]], torch.Tensor]:
+        """The next ``steps`` mini-batches of every member: on the host (per step, per member), and
+        as one ``(steps, K, N)`` tensor on the device, sent in one copy."""
+        host = [[next(b) for b in self.batches] for _ in range(steps)]
+        stacked_ = torch.stack([torch.stack(idx) for idx in host])
+        if self.device.type == "cuda":
+            stacked_ = stacked_.pin_memory()
+        return host, stacked_.to(self.device, non_blocking=True)
+
+    def snapshot(self) -> dict:
+        """What a replay of the coming interval starts from: parameters, buffers, optimizer, random streams."""
+        return {
+            "net": copy.deepcopy(self.net.state_dict()),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "generators": [g.get_state() for g in self.generators],
+            "augment": [g.get_state() for g in self.augment_generators],
+        }
+
+    def restore(self, saved: dict) -> None:
+        self.net.load_state_dict(saved["net"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        for g, state in zip(self.generators, saved["generators"]):
+            g.set_state(state)
+        for g, state in zip(self.augment_generators, saved["augment"]):
+            g.set_state(state)
+
+    def losses_of(self, idx: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Each member's training objective on its mini-batch ``idx[k]`` (a ``(K,)`` tensor, on the device);
+        ``x``: those samples as :meth:`inputs` gives them, where already made."""
+        return self.objectives(self.net(self.inputs(idx) if x is None else x), self.y_train[idx])
+
+    def update(self, losses: torch.Tensor) -> None:
+        """One optimizer step on the living members' summed losses."""
+        total = losses.sum() if all(self.alive) else losses[self.living_index].sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+
+    def interval(self, a: int, b: int) -> bool:
+        """Steps ``a + 1 .. b`` (a log interval), queued without waiting for the device: each
+        member's losses, and whether a living member's loss or statistics went non-finite, are
+        read once at the end. If one did, the interval is replayed from its start by
+        :meth:`checked`. Returns whether any member is still alive."""
+        host, idx = self.indices(b - a)
+        first = self.configs[0]
+        saved = self.snapshot()
+        x = self.inputs(idx[0])  # the first batch: measured at the log as it is trained on (augmented alike)
+        if first.measures and a % first.eval_every == 0:
+            for k in self.living():
+                self.measure(a, k, host[0][k], x[k].transpose(0, 1), "logs")
+        bad = torch.zeros(self.K, dtype=torch.bool, device=self.device)
+        window = []
+        for i in range(b - a):
+            losses = self.losses_of(idx[i], x if i == 0 else None)
+            bad |= ~torch.isfinite(losses)
+            if self.statistics:
+                bad |= ~torch.stack([torch.isfinite(s.view(self.K, -1)).all(1) for s in self.statistics]).all(0)
+            self.update(losses)
+            window.append(losses.detach())
+        alive = torch.tensor(self.alive, device=self.device)
+        read = torch.cat([(bad & alive).to(torch.float32).unsqueeze(0), torch.stack(window)]).tolist()  # the one wait
+        if any(read[0]):
+            self.restore(saved)
+            return self.checked(a, idx)
+        for values in read[1:]:
+            for k in self.living():
+                self.losses[k].append(values[k])
+        return True
+
+    def checked(self, a: int, idx: torch.Tensor) -> bool:
+        """The interval after step ``a`` again, each step's losses and statistics read at once: a member
+        whose loss or running statistics turn non-finite ends there (:meth:`diverge`, :meth:`bury`)."""
+        for i in range(len(idx)):
+            step = a + 1 + i
             saved = torch.cat([b.view(-1) for b in self.statistics]) if self.statistics else None
-            losses = self.objectives(self.net(x), y)
+            losses = self.losses_of(idx[i])
             values = losses.tolist()
             # a batch norm refuses non-finite running statistics even when the loss is still finite
             broken = saved is not None and not bool(torch.isfinite(torch.cat([b.view(-1) for b in self.statistics])).all())
             ended = [k for k in self.living() if not math.isfinite(values[k]) or (broken and not self.statistics_finite(k))]
             for k in ended:
                 self.diverge(k, step, values[k])
-            living = self.living()
-            if not living:
+            if not self.living():
                 for k in ended:
                     self.bury(k, saved)
-                break
-            total = losses.sum() if len(living) == K else losses[living].sum()
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            self.optimizer.step()
+                return False
+            self.update(losses)
             for k in ended:
                 self.bury(k, saved)
-            for k in living:
+            for k in self.living():
                 self.losses[k].append(values[k])
-            if step % first.eval_every == 0 or step == first.steps:
-                self.record(step)
+        return True
+
+    def run(self, start: float) -> list[dict]:
+        first, K = self.configs[0], self.K
+        self.record(0)
+        self.net.train()
+        a = 0
+        while a < first.steps:
+            b = min(first.steps, a - a % first.eval_every + first.eval_every)  # the next log
+            if not self.interval(a, b):
+                break
+            self.record(b)
+            a = b
         final_train = _accuracies(self.net, K, self.x_train, self.y_train)
         results = []
         seconds = round((time.perf_counter() - start) / K, 3)

@@ -23,9 +23,11 @@ from typing import Any, Callable
 from ..stats import Comparison, Verdict
 from ..train import RunConfig
 
-__all__ = ["Claim", "Profile", "PROFILES", "Run", "SKIPPED", "ratio", "steps_to", "group", "resolution", "accuracy", "tune"]
+__all__ = ["Claim", "Profile", "PROFILES", "Run", "SKIPPED", "FAILED", "UNJUDGED", "ratio", "steps_to", "group", "resolution", "accuracy", "tune"]
 
 SKIPPED = "skipped"  # not a verdict: the claim's networks do not fit the data (normlab.lab.reproduce.plan)
+FAILED = "failed"  # not a verdict: some of its runs could not be trained, their workers died (normlab.lab.reproduce.failed)
+UNJUDGED = (SKIPPED, FAILED)
 
 
 @dataclass(frozen=True)
