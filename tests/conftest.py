@@ -8,6 +8,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+# Without a CUDA GPU the Triton kernels run under Triton's interpreter on CPU tensors. Triton reads the
+# switch when it is first imported, and test modules collected before the kernel tests import it (torchao
+# does, in tests/interop), so it is set here, before any test module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Under pytest-xdist each worker gets one thread, so workers do not fight over the cores.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)

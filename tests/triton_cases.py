@@ -1,19 +1,14 @@
 """Shared by the Triton kernel tests (tests/kernels, tests/gpu): inputs, the float64
 reference of batch norm + activation, tolerances per dtype, and the device.
 
-Without a CUDA GPU the kernels run under the Triton interpreter on CPU tensors. That
-must be switched on (TRITON_INTERPRET=1) before triton decorates the kernels, that is
-before normlab.kernels.triton_bn is imported, so it is done here, at the import of this
-module, which the test modules import first. With a GPU the same tests run on it.
+Without a CUDA GPU the kernels run under the Triton interpreter on CPU tensors
+(TRITON_INTERPRET=1, switched on by tests/conftest.py before triton is first imported).
+With a GPU the same tests run on it.
 """
 
-import os
 
 import numpy as np
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
