@@ -4,7 +4,7 @@ float64 reference: gradcheck, gradgradcheck, property tests, stability, precisio
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import normlab
@@ -62,6 +62,8 @@ shapes = st.tuples(
     scale=st.floats(0.01, 20),
     seed=st.integers(0, 2**16),
 )
+# a batch mean near zero: its rounding is that of the data (found by hypothesis in CI)
+@example(shape=(2, 1, 3, 3), affine=False, eps=1e-5, loc=0.0, scale=0.01, seed=264)
 def test_matches_reference_forward_and_backward(shape, affine, eps, loc, scale, seed):
     rng = np.random.default_rng(seed)
     x = rng.normal(loc, scale, size=shape)
@@ -82,7 +84,8 @@ def test_matches_reference_forward_and_backward(shape, affine, eps, loc, scale, 
         assert_rel(wt.grad, dg_ref, 1e-10, "dgamma")
         assert_rel(bt.grad, db_ref, 1e-10, "dbeta")
     m_ref, v_ref, _ = R.update_running_stats(np.zeros(shape[1]), np.ones(shape[1]), cache.mean, cache.var, cache.count, 0.3, 0)
-    assert_rel(rm, m_ref, 1e-12, "running_mean")
+    # momentum x the data's magnitude: the batch mean's rounding is relative to |x|, not to the mean
+    assert_rel(rm, m_ref, 1e-12, "running_mean", scale=max(np.abs(m_ref).max(), 0.3 * np.abs(x).max()))
     assert_rel(rv, v_ref, 1e-12, "running_var")
 
 
