@@ -205,9 +205,10 @@ def batch_dims(input: torch.Tensor) -> tuple[int, ...]:
 
 def _in_trace(t: torch.Tensor | None = None) -> bool:
     """Whether this runs where tensor values cannot be read on the host: a trace (torch.compile,
-    torch.export, torch.jit.trace) or, for ``t``, under torch.func.vmap."""
+    torch.export, torch.jit.trace) or, for ``t``, under a torch.func transform (vmap, also
+    beneath a grad: the tensor seen is then grad's wrapper around vmap's)."""
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or (
-        t is not None and torch._C._functorch.is_batchedtensor(t))
+        t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t))
 
 
 class _Guard:

@@ -93,14 +93,9 @@ def test_vmap_over_an_ensemble_in_eval(lib):
 
 
 @BOTH
-def test_vmap_over_an_ensemble_in_training_without_running_statistics(lib, request):
+def test_vmap_over_an_ensemble_in_training_without_running_statistics(lib):
     """Each model normalizes its own minibatch with its batch statistics; the gradients of the
     stacked parameters are each model's own."""
-    if "normlab" in str(lib):
-        # a known regression, to be fixed: since the default CPU path recomputes an overflowing variance
-        # with normlab's own implementation (track_running_stats=False), vmap reaches torch's batch norm
-        # with unbatched running statistics and torch refuses it
-        request.applymarker(pytest.mark.xfail(strict=True, raises=RuntimeError, reason="vmap with track_running_stats=False regressed"))
     models = [m.train() for m in ensemble(lib, track_running_stats=False)]
     params, buffers = stack_module_state(models)
     base = copy.deepcopy(models[0]).to("meta")
