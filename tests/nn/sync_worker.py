@@ -121,7 +121,26 @@ def double_backward_is_refused():
         raise AssertionError("double backward through SyncBatchNorm did not raise")
 
 
+def a_rank_refuses_its_batch():
+    """Rank 1 gives a wrong channel count: it raises its own error, rank 0 one that names rank 1 (not
+    gloo's "connection closed" once rank 1 has gone), and the group still works for the next step."""
+    rank = dist.get_rank()
+    bn = normlab.SyncBatchNorm(3)
+    bn.to(torch.float64).train()
+    try:
+        bn(torch.randn(4, 3 if rank == 0 else 5, dtype=torch.float64))
+    except ValueError as e:
+        assert rank == 1 and "SyncBatchNorm" in str(e) and "3" in str(e), e
+    except normlab.nn.sync.PeerRefused as e:
+        assert rank == 0 and "rank 1 of the process group refused its batch" in str(e), e
+    else:
+        raise AssertionError(f"rank {rank}: a wrong channel count on rank 1 raised nothing")
+    y = bn(torch.randn(4, 3, dtype=torch.float64) + 7 * rank)  # both ranks in step again
+    assert y.shape == (4, 3) and torch.isfinite(y).all()
+    assert int(bn.num_batches_tracked) == 1, "the refused step counted"
+
+
 SCENARIOS = {f.__name__: f for f in (
     equal_batches_float32, unequal_batches, one_rank_empty, renormalization, masked_sequences,
-    double_backward_is_refused,
+    double_backward_is_refused, a_rank_refuses_its_batch,
 )}

@@ -30,7 +30,7 @@ def free_port() -> int:
 def test_two_gloo_processes_match_one_process_on_the_concatenated_batch(tmp_path):
     """Outputs, input and parameter gradients, running statistics and eval outputs, for equal and
     unequal batch sizes, a rank with an empty batch, batch renormalization, masked sequences;
-    and double backward refused on both ranks."""
+    double backward refused on both ranks; and a rank that refuses its batch named by the other."""
     context = mp.start_processes(
         sync_worker.run, args=(2, free_port(), list(sync_worker.SCENARIOS), str(tmp_path)), nprocs=2, join=False,
         start_method="spawn",

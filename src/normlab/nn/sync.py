@@ -17,8 +17,10 @@ LeVeque's parallel variance), in float64::
 so that nothing cancels however far a rank's mean lies from the global one. Backward:
 one ``all_reduce`` of the per-channel sums of ``g`` and ``g * x_hat``, the two sums the
 gradient through the statistics needs; parameter gradients stay local (DDP averages
-them, as with torch's SyncBatchNorm). Before the gather, one ``all_reduce`` of the
-value count decides the one-value-per-channel check on the global count.
+them, as with torch's SyncBatchNorm). Before the gather, one ``all_gather`` of the
+value counts decides the one-value-per-channel check on the global count; a rank that
+refuses its batch (a wrong channel count) shares a count of -1 there and raises its own
+error, and every other rank raises :class:`PeerRefused` naming it, rather than hang.
 
 Every rank updates its running statistics with the same global values, so they stay
 identical. Ranks may hold batches of different sizes, including empty ones: an empty
@@ -48,8 +50,8 @@ from ._swap import replace_modules
 from .activated import BatchNormAct
 from .batchnorm import ANY_LAYOUT, _BatchNorm, _BatchRenorm
 
-__all__ = ["SyncBatchNorm", "SyncBatchNormAct", "SyncBatchRenorm", "SynchronizedStatistics", "convert_sync_batchnorm", "merge_moments",
-           "rebuilt"]
+__all__ = ["PeerRefused", "SyncBatchNorm", "SyncBatchNormAct", "SyncBatchRenorm", "SynchronizedStatistics",
+           "convert_sync_batchnorm", "merge_moments", "rebuilt"]
 
 
 def merge_moments(counts: torch.Tensor, means: torch.Tensor, m2s: torch.Tensor):
@@ -65,19 +67,46 @@ def merge_moments(counts: torch.Tensor, means: torch.Tensor, m2s: torch.Tensor):
     return mean, m2 / total
 
 
+class PeerRefused(RuntimeError):
+    """Another rank of the process group refused its batch before the statistics were shared."""
+
+
+REFUSED = -1  # the count a rank shares in place of its own when it refuses its batch
+
+
+def gather_counts(local_count: int, group, device) -> list[int]:
+    """Every rank's value count (``REFUSED`` from a rank that refused its batch), by rank."""
+    count = torch.tensor([local_count], dtype=torch.int64, device=device)
+    counts = [torch.empty_like(count) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(counts, count, group=group)
+    return [int(c) for c in counts]
+
+
 class SynchronizedStatistics(Statistics):
-    """:class:`normlab.autograd.Statistics` over the batches of every rank of ``group``."""
+    """:class:`normlab.autograd.Statistics` over the batches of every rank of ``group``.
+
+    ``layer`` (optional) is told when this rank reaches the first collective (its ``_joined``),
+    and names the layer in messages."""
 
     differentiable = False
 
-    def __init__(self, x: torch.Tensor, dims, mask, group) -> None:
-        self.group, self.device = group, x.device
+    def __init__(self, x: torch.Tensor, dims, mask, group, layer=None) -> None:
+        self.group, self.device, self.layer = group, x.device, layer
         super().__init__(x, dims, mask)
 
     def _total_count(self, local_count: int) -> int:
-        count = torch.tensor(local_count, dtype=torch.int64, device=self.device)
-        dist.all_reduce(count, group=self.group)
-        return int(count)
+        if self.layer is not None:
+            self.layer._joined = True
+        counts = gather_counts(local_count, self.group, self.device)
+        refused = [rank for rank, n in enumerate(counts) if n == REFUSED]
+        if refused:
+            name = "SyncBatchNorm" if self.layer is None else self.layer._name
+            raise PeerRefused(
+                f"{name}: rank {', '.join(map(str, refused))} of the process group refused its batch before the "
+                f"statistics were shared (that rank's own error says why); rank {dist.get_rank(self.group)} stops "
+                "here rather than wait for it"
+            )
+        return sum(counts)
 
     def _combine(self, x_c: torch.Tensor, local: Moments) -> tuple[torch.Tensor, Moments]:
         shape, dtype = local.var.shape, local.var.dtype
@@ -131,7 +160,21 @@ class _Synchronized:
 
     def _statistics(self):
         group = self._group() if self.training else None
-        return Statistics if group is None else functools.partial(SynchronizedStatistics, group=group)
+        return Statistics if group is None else functools.partial(SynchronizedStatistics, group=group, layer=self)
+
+    def _normalize(self, input, mask, act):
+        # A rank that refuses its batch (a wrong shape, say) before the first collective still takes
+        # part in it, sharing REFUSED as its count: the other ranks then raise PeerRefused naming it,
+        # where they would otherwise wait for it and die with the transport's "connection closed".
+        self._joined = False
+        try:
+            return super()._normalize(input, mask, act)
+        except Exception:
+            group = None if self._joined or isinstance(input, torch.fx.Proxy) or not self.training else self._group()
+            if group is not None:
+                device = input.device if isinstance(input, torch.Tensor) else next(self.buffers()).device
+                gather_counts(REFUSED, group, device)
+            raise
 
     def synchronized(self, process_group=None) -> nn.Module:
         return self
