@@ -48,7 +48,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats as _scipy
+from scipy.special import stdtrit  # Student's t quantile, stdtrit(df, q) = t.ppf(q, df); scipy.stats takes seconds to import
 
 __all__ = [
     "ALPHA", "REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE", "Comparison", "Part", "Verdict",
@@ -131,7 +131,7 @@ def interval(mean_a, var_a, n_a, mean_b, var_b, n_b, alpha_low, alpha_high, res_
         df = np.where(dof_terms > 0, se2**2 / dof_terms, np.inf)
         se = np.sqrt(se2)
         d = mean_a - mean_b
-        t_low, t_high = (np.where(se > 0, _scipy.t.ppf(1 - a, df), 0.0) for a in (alpha_low, alpha_high))
+        t_low, t_high = (np.where(se > 0, stdtrit(df, 1 - a), 0.0) for a in (alpha_low, alpha_high))
         noisy = (n_a < 2) | (n_b < 2)
         low = np.where(noisy, np.nan, d - t_low * se)
         high = np.where(noisy, np.nan, d + t_high * se)
