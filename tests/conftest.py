@@ -115,3 +115,10 @@ def import_torchvision():
 
 
 _LIBRARIES = []
+
+
+def pytest_collection_modifyitems(items):
+    """Slow tests first, in a stable order (pytest-xdist needs the same order on every worker): the
+    long ones start at once, and the short ones fill the workers in around them, rather than one
+    worker finishing a long test alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

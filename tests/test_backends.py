@@ -129,6 +129,7 @@ CPU_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("block", [True, False], ids=["without_triton", "triton_without_interpreter"])
+@pytest.mark.slow
 def test_cpu_layers_never_need_triton(block):
     """`import normlab` and every layer work without triton; with triton, CPU tensors never take it."""
     env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}

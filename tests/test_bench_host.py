@@ -11,6 +11,7 @@ import pytest
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_host.py"
 
 
+@pytest.mark.slow
 def test_the_stubbed_step_still_takes_the_triton_path_and_the_report_has_the_ratio():
     pytest.importorskip("triton")
     from normlab import kernels

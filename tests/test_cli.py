@@ -28,6 +28,7 @@ def run(*args, cwd):
     return subprocess.run([sys.executable, "-m", "normlab", *args], cwd=cwd, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_summary_of_a_model_file_with_checkpoint(tmp_path):
     (tmp_path / "zoo.py").write_text(MODEL)
     sys.path.insert(0, str(tmp_path))
@@ -45,6 +46,7 @@ def test_summary_of_a_model_file_with_checkpoint(tmp_path):
     assert out.returncode == 0 and "Non-trainable params: 128" in out.stdout
 
 
+@pytest.mark.slow
 def test_clear_errors(tmp_path):
     (tmp_path / "zoo.py").write_text(MODEL)
     out = run("summary", "zoo", "--input-size", "20", cwd=tmp_path)

@@ -36,6 +36,7 @@ def test_without_a_gpu_it_says_nothing_was_checked():
     assert lines[-1] == "result: nothing checked (no CUDA device)"
 
 
+@pytest.mark.slow
 def test_commands_run_every_kernel_test_on_the_device_within_the_limits():
     out = run("--dry-run", "--workers", "3", "--test-timeout", "50", "--bench-timeout", "100")
     assert out.returncode == 0, out.stderr

@@ -47,6 +47,7 @@ LAB_CASES = battery_lab.lab_cases()
 
 
 @pytest.mark.parametrize("case", LAB_CASES, ids=[c.id for c in LAB_CASES])
+@pytest.mark.slow
 def test_lab(case):
     expected = battery_lab.expected(case)
     actual, said = battery_lab.run_lab(case)

@@ -140,6 +140,7 @@ def _pid():
     return os.getpid()
 
 
+@pytest.mark.slow
 def test_a_dead_worker_fails_its_task_only_and_is_replaced():
     with executors.WorkerPool(1) as pool:
         first = pool.submit(_pid).result(timeout=120)
@@ -167,6 +168,7 @@ def _always_dies(configs, device="cpu", dataset=None):
     return rep.work(configs, device, dataset)
 
 
+@pytest.mark.slow
 def test_lost_groups_are_retried_then_reported_failed(tmp_path, monkeypatch, capsys, mnist1d):
     serial, _, _ = rep.run_all(CONFIGS, tmp_path / "serial", jobs=1, progress=False)
     monkeypatch.setenv("NORMLAB_TEST_MARKERS", str(tmp_path))
@@ -252,6 +254,7 @@ def _alive(pid):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.slow
 def test_workers_die_with_the_driver(tmp_path, sig):
     """`normlab reproduce` killed while its workers train: a few seconds later no worker is left."""
     proc = subprocess.Popen(

@@ -135,6 +135,7 @@ def test_claims_command():
         assert f"{name}\n  source:" in run.stdout
 
 
+@pytest.mark.slow
 def test_cli_errors(tmp_path):
     run = cli("reproduce", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
     assert run.returncode == 2 and "no such dataset folder" in run.stderr and "nowhere" in run.stderr
@@ -195,6 +196,7 @@ def test_reproduce_on_an_image_folder_skips_what_cannot_run(tmp_path):
     assert html.count("data:image/png;base64,") == 1 and 'class="skipped"' in html
 
 
+@pytest.mark.slow
 def test_a_bad_data_folder_is_one_line_naming_the_file(tmp_path):
     for i in range(1, 6):
         write_cifar_batch(tmp_path / f"data_batch_{i}", 4, seed=i)

@@ -281,6 +281,7 @@ def test_experiments_whose_data_is_not_given_are_skipped_with_the_reason(cifar):
     assert skipped["vgg-noise-cifar10"] == "its networks cannot train on this data: RunConfig: batch_size 128 exceeds the 36 training samples"
 
 
+@pytest.mark.slow
 def test_cli_skips_what_is_not_given_and_refuses_what_is_wrong(tmp_path):
     out = tmp_path / "out"
     run = cli("reproduce", "--profile", "sources", "--claims", "keras-cnn-cifar100", "vgg-noise-cifar10", "--out", str(out))

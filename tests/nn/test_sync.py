@@ -27,6 +27,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process_on_the_concatenated_batch(tmp_path):
     """Outputs, input and parameter gradients, running statistics and eval outputs, for equal and
     unequal batch sizes, a rank with an empty batch, batch renormalization, masked sequences;
