@@ -599,6 +599,9 @@ def activation_for(who, input, activation: str, negative_slope: float, alpha: fl
     if activation not in ACTIVATIONS:
         raise ValueError(f"{label(who)}: unknown activation {activation!r}; expected one of {ACTIVATIONS}")
     param = {"leaky_relu": negative_slope, "elu": alpha}.get(activation, 0.0)
+    if activation in DEFAULT_PARAM and not (isinstance(param, (int, float)) and math.isfinite(param)):
+        name = "negative_slope" if activation == "leaky_relu" else "alpha"  # NaN or Inf: every negative input is lost
+        raise ValueError(f"{label(who)}: {activation}'s {name} must be a finite number, got {param!r}")
     if inplace_abn and (activation not in INVERTIBLE or (activation in DEFAULT_PARAM and not param > 0)):
         raise ValueError(
             f"{label(who)}: in-place activated batch norm recomputes its input from its output, so it needs an "

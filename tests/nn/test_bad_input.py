@@ -121,6 +121,33 @@ def test_constructor_arguments_are_checked():
             normlab.BatchNorm2d(3, momentum=bad)
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: normlab.BatchNormAct(3, activation="leaky_relu", negative_slope=NAN), r"BatchNormAct\(3\): leaky_relu's negative_slope must be a finite number, got nan"),
+    (lambda: normlab.BatchNormAct(3, activation="elu", alpha=INF), r"BatchNormAct\(3\): elu's alpha must be a finite number, got inf"),
+    (lambda: normlab.FrozenBatchNorm(3, eps=NAN), r"FrozenBatchNorm: eps must be a finite number >= 0, got nan"),
+    (lambda: normlab.GhostBatchNorm(3, virtual_batch_size=4, eps=INF), r"GhostBatchNorm: eps must be a finite number"),
+    (lambda: normlab.MeanOnlyBatchNorm(3, momentum=NAN), r"MeanOnlyBatchNorm: momentum is the weight .* a finite number"),
+    (lambda: normlab.BatchRenorm2d(3, rmax=NAN), r"BatchRenorm2d\(3\): needs rmax >= 1 and dmax >= 0, got rmax=nan"),
+    (lambda: normlab.BatchRenorm2d(3, dmax=NAN), r"BatchRenorm2d\(3\): needs rmax >= 1 and dmax >= 0, got .*dmax=nan"),
+], ids=["leaky_relu-slope", "elu-alpha", "frozen-eps", "ghost-eps", "mean-only-momentum", "renorm-rmax", "renorm-dmax"])
+def test_every_constructor_refuses_arguments_that_can_only_give_nan(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_arguments_that_give_numbers_stay_accepted():
+    """What torch accepts and that computes a number: an unbounded renormalization, the cumulative average,
+    a negative slope (a valid, if odd, leaky ReLU), and an activation's parameter it does not use."""
+    x = torch.randn(8, 3)
+    for layer in (normlab.BatchRenorm1d(3, rmax=INF, dmax=INF), normlab.BatchNorm1d(3, momentum=None),
+                  normlab.BatchNormAct(3, activation="leaky_relu", negative_slope=-0.5),
+                  normlab.BatchNormAct(3, activation="relu", alpha=NAN)):
+        assert torch.isfinite(layer(x)).all(), layer
+
+
 def test_unknown_backend():
     with pytest.raises(ValueError, match="unknown normlab backend 'cuda'"):
         normlab.set_backend("cuda")
