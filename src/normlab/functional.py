@@ -619,6 +619,25 @@ def activation_for(who, input, activation: str, negative_slope: float, alpha: fl
     return Activation(activation, param, residual, inplace_abn)
 
 
+# --- torch's CPU kernels where a variance overflows ------------------------------------------
+
+
+def _looked_at(op: str, impl, input: torch.Tensor) -> bool:
+    """Whether to take torch's kernel for ``op`` through its ``native_*`` form, whose ``1 / sigma``
+    shows an overflowed variance: torch's CPU kernels take the variance in the input's own float
+    type, which beyond about 1e19 (float32, bfloat16) overflows to give zeros or NaN. Only in eager
+    mode on the CPU, where looking costs a reduction of one value per normalized group, and outside
+    autocast (which casts torch's norms to float32, not their ``native_*`` forms)."""
+    return (impl is backends.TABLE[op].get("native") and input.device.type == "cpu"
+            and input.dtype in (torch.float32, torch.bfloat16) and input.numel() > 0 and not _in_trace(input)
+            and not torch.is_autocast_enabled("cpu"))
+
+
+def _overflowed(input: torch.Tensor, rstd: torch.Tensor) -> bool:
+    """Whether a finite ``input`` got a ``1 / sigma`` of 0 or NaN: its variance overflowed."""
+    return not bool((rstd > 0).all()) and bool(torch.isfinite(input).all())
+
+
 # --- layer, group, instance and RMS norm -----------------------------------------------------
 
 
@@ -655,7 +674,13 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-
     _check_params(normalized_shape, who, weight=weight, bias=bias)
     check_dtypes(input, who, weight=weight, bias=bias)
     check_eps(eps, who)
-    return backends.implementation("layer_norm", input)(input, normalized_shape, weight, bias, eps)
+    impl = backends.implementation("layer_norm", input)
+    if _looked_at("layer_norm", impl, input):
+        y, _, rstd = torch.native_layer_norm(input, normalized_shape, weight, bias, eps)
+        if not _overflowed(input, rstd):
+            return y
+        impl = backends.TABLE["layer_norm"]["normlab"]  # takes the mean square in float64 where it must
+    return impl(input, normalized_shape, weight, bias, eps)
 
 
 def rms_norm(input, normalized_shape, weight=None, eps: float | None = None, *, who="rms_norm") -> torch.Tensor:
@@ -680,7 +705,13 @@ def rms_norm(input, normalized_shape, weight=None, eps: float | None = None, *, 
     if eps is None:  # resolved here, not left to torch: before 2.7, torch took a 16-bit input's own epsilon
         eps = torch.finfo(accumulation_dtype(input.dtype)).eps
     check_eps(eps, who)
-    return backends.implementation("rms_norm", input)(input, normalized_shape, weight, eps)
+    impl = backends.implementation("rms_norm", input)
+    if hasattr(torch, "_fused_rms_norm") and _looked_at("rms_norm", impl, input):  # (torch 2.4 has no such form)
+        y, rstd = torch._fused_rms_norm(input, list(normalized_shape), weight, eps)
+        if not _overflowed(input, rstd):
+            return y
+        impl = backends.TABLE["rms_norm"]["normlab"]
+    return impl(input, normalized_shape, weight, eps)
 
 
 def check_groups(input: torch.Tensor, num_groups: int, who) -> None:
@@ -713,7 +744,16 @@ def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5
     check_groups(input, num_groups, who)
     check_dtypes(input, who, weight=weight, bias=bias)
     check_eps(eps, who)
-    return backends.implementation("group_norm", input)(input, num_groups, weight, bias, eps)
+    impl = backends.implementation("group_norm", input)
+    if _looked_at("group_norm", impl, input):
+        x = input if input.is_contiguous() or input.dim() == 4 and input.is_contiguous(
+            memory_format=torch.channels_last) else input.contiguous()  # what torch's group_norm hands its kernel
+        y, _, rstd = torch.native_group_norm(x, weight, bias, x.shape[0], x.shape[1], math.prod(x.shape[2:]),
+                                             num_groups, eps)
+        if not _overflowed(input, rstd):
+            return y
+        impl = backends.TABLE["group_norm"]["normlab"]
+    return impl(input, num_groups, weight, bias, eps)
 
 
 def instance_norm(
@@ -760,10 +800,19 @@ def instance_norm(
     impl = backends.implementation("instance_norm", input)
     guard = _Guard((running_mean, running_var), non_finite, None, who) \
         if running_mean is not None and running_var is not None and non_finite != "propagate" else None
-    y = impl(input, *((running_mean, running_var) if guard is None else guard.targets), weight, bias, True, momentum,
-             eps)
-    if guard is not None:
-        guard.finish(input)
+    rm, rv = (running_mean, running_var) if guard is None else guard.targets
+    scratch = None
+    if rv is None and _looked_at("instance_norm", impl, input):
+        # no running statistics, yet the kernel's variance can overflow: it writes the batch's (momentum 1)
+        # into scratch buffers, looked at as the guard looks (as batch norm does)
+        dtype = weight.dtype if weight is not None else input.dtype
+        rm, rv, momentum = torch.zeros(input.shape[1], dtype=dtype), torch.ones(input.shape[1], dtype=dtype), 1.0
+        scratch = rv
+    y = impl(input, rm, rv, weight, bias, True, momentum, eps)
+    overflowed = scratch is not None and not math.isfinite(float(scratch.sum())) and bool(torch.isfinite(input).all())
+    if overflowed or guard is not None and guard.finish(input):
+        # a finite input whose variance overflowed in torch's kernel: normlab's own takes it in float64
+        y = backends.TABLE["instance_norm"]["normlab"](input, None, None, weight, bias, True, momentum, eps)
     return y
 
 

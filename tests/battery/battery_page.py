@@ -12,6 +12,8 @@ import pathlib
 import sys
 from collections import Counter
 
+import torch
+
 HERE = pathlib.Path(__file__).resolve().parent
 PAGE = HERE.parent.parent / "docs" / "battery.md"
 sys.path[:0] = [str(HERE), str(HERE.parent)]
@@ -59,6 +61,9 @@ def actual_outcome(case) -> str:
     return battery_lab.run_lab(case)[0]
 
 
+TORCH = torch.__version__.split("+")[0]
+
+
 def render(outcomes: list[tuple[str, str]]) -> str:
     counts = Counter(outcomes)
     groups = list(GROUPS)
@@ -73,7 +78,8 @@ def render(outcomes: list[tuple[str, str]]) -> str:
         "",
         f"{len(outcomes)} generated cases in `tests/battery/`, each with its outcome decided before normlab runs "
         "(from torch's own layer on the same input, or from what the model or the file is) and a test that "
-        "asserts it. The command line's battery is in [battery-cli.md](battery-cli.md).",
+        f"asserts it; counted with torch {TORCH} (another torch decides some outcomes otherwise, torch's own "
+        "being the reference). The command line's battery is in [battery-cli.md](battery-cli.md).",
         "",
         *[f"- *{g}*: {why}" for g, why in GROUPS.items()],
         "",
@@ -88,8 +94,9 @@ def render(outcomes: list[tuple[str, str]]) -> str:
         "Inf in the input: torch's output, and the channels whose statistics came out non-finite keep their "
         "running values); *exact where torch is not* (a finite input on which torch's float32 answer is wrong: "
         "normlab gives the float64 one); *documented* (normlab differs from torch on purpose, each reason in "
-        "`DOCUMENTED` of `battery_layers.py`; among them the default dispatch's torch kernels on huge inputs, as "
-        "[layers](layers.md) says); the tools' and the lab's in their modules' docstrings.",
+        "`DOCUMENTED` of `battery_layers.py`; on a torch without `torch._fused_rms_norm`, among them RMS norm's "
+        "default dispatch on huge inputs, as [layers](layers.md) says); the tools' and the lab's in their modules' "
+        "docstrings.",
         "",
     ]
     if known:

@@ -55,6 +55,8 @@ def test_lab(case):
 
 
 def test_docs_hold_the_counts():
+    if f"counted with torch {battery_page.TORCH} " not in battery_page.PAGE.read_text():
+        pytest.skip(f"docs/battery.md was counted with another torch than {battery_page.TORCH}")
     assert battery_page.PAGE.read_text() == battery_page.render(battery_page.expected_outcomes()), (
         "regenerate: python tests/battery/battery_page.py > docs/battery.md")
 
