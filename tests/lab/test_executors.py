@@ -346,3 +346,30 @@ def test_an_unwritable_output_folder_is_one_line_and_leaves_nothing_half_written
     assert status == 2 and "Traceback" not in err  # above the one line: the progress bar
     assert err.strip().splitlines()[-1].startswith(f"normlab reproduce: cannot write {out / 'runs'}: {os.strerror(code)}")
     assert [p.name for p in (out / "runs").iterdir()] == [] and not (out / "results.json").exists()
+
+
+def test_an_output_folder_without_write_permission_is_refused_before_any_training(tmp_path, monkeypatch, capsys):
+    """(Root may write anywhere, so the permission is what os.access answers.) One line naming the folder,
+    exit status 2, and nothing created or trained."""
+    out = tmp_path / "o" / "report"
+    monkeypatch.setattr(normlab_cli.os, "access", lambda path, mode: pathlib.Path(path) != tmp_path)
+    status = normlab_cli.main(["reproduce", "--profile", "tiny", "--claims", "stable-distributions", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2 and err.strip() == f"normlab reproduce: --out {out}: {tmp_path} is not writable", err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_report_that_cannot_be_written_is_one_line_and_keeps_the_results(tmp_path, monkeypatch, capsys):
+    from normlab.lab import report
+
+    def full(results):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(report, "write", full)
+    out = tmp_path / "o"
+    status = normlab_cli.main(["reproduce", "--profile", "tiny", "--claims", "stable-distributions", "--jobs", "1",
+                               "--out", str(out)])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert status == 2 and last.startswith(f"normlab reproduce: cannot write the report in {out}: No space left"), last
+    assert "results.json is written" in last and json.loads((out / "results.json").read_text())["claims"]
+    assert not (out / "report.html").exists()
