@@ -22,7 +22,7 @@ reproduce: $(VENV)/.installed
 	$(VENV)/bin/normlab reproduce $(ARGS)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -n 2 --dist worksteal $(ARGS)
+	$(PY) -m pytest -n 2 --dist loadgroup $(ARGS)
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_batchnorm.py $(ARGS)

@@ -119,6 +119,7 @@ _LIBRARIES = []
 
 def pytest_collection_modifyitems(items):
     """Slow tests first, in a stable order (pytest-xdist needs the same order on every worker): the
-    long ones start at once, and the short ones fill the workers in around them, rather than one
-    worker finishing a long test alone at the end."""
+    Makefile's `--dist loadgroup` hands the first items out to the workers in turn, so the long ones
+    start at once on both and the short ones fill in around them, rather than one worker finishing a
+    long test alone at the end."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -15,7 +15,7 @@ from normlab.lab import reproduce as rep  # noqa: E402
 from normlab.lab.claims import PROFILES  # noqa: E402
 from normlab.lab.train import DeviceError  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one worker, so one cluster (the fixture is per module)
 
 
 @pytest.fixture(scope="module")
