@@ -212,6 +212,10 @@ IDX_CASES = {
         {"train-images-idx3-ubyte": (np.array(7), np.uint8)},
         r"train-images-idx3-ubyte: an MNIST image file has 3 dimensions \(images, rows, columns\), this one has 0",
     ),
+    "a zero-dimensional label file": (
+        {"train-labels-idx1-ubyte": (np.array(7), np.uint8)},
+        r"train-labels-idx1-ubyte: an MNIST label file has 1 dimension \(a label per image\), this one has 0",
+    ),
     "a one-class training set": (
         {"train-labels-idx1-ubyte": (np.full(20, 3), np.uint8)},
         r"train-labels-idx1-ubyte: every training label is 3; a classifier needs at least two classes",
