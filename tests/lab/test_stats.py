@@ -133,3 +133,11 @@ def test_quantized_values_do_not_fake_certainty():
     # without the floor, every seed on one grid point would be certain of whatever difference the grid shows
     d, low, high, se, _ = stats.interval(1.0, 0.0, 10, 0.0, 0.0, 10, 0.05, 0.05)
     assert float(low) == float(high) == 1.0
+
+
+def test_fixed_numbers_on_both_sides_are_said_to_be_exact():
+    """A count against a source's count: no seeds on either side, so no interval and no n to print."""
+    verdict = stats.decide([stats.compare(3841.5, 3841, what="total parameters", smallest=0.5)])
+    assert verdict.verdict == stats.REPRODUCED
+    assert verdict.explanation.startswith("total parameters: 0.5, exact (no seeds); the claim needs > 0")
+    assert "n = " not in verdict.explanation and "interval" not in verdict.explanation

@@ -165,6 +165,9 @@ class Part:
     def text(self) -> str:
         u = f" {self.unit}" if self.unit else ""
         n = " + ".join(str(x) for x in self.n if x is not None)
+        if not n:  # both sides fixed numbers (a count against a source's): nothing varies with a seed
+            return (f"{self.what}: {fmt(self.effect)}{u}, exact (no seeds); the claim needs > {fmt(self.threshold)}, "
+                    f"smallest effect of interest {fmt(self.smallest)}")
         if not math.isfinite(self.low):
             spread = "one seed per arm cannot measure the noise" if self.n and min(x for x in self.n if x is not None) < 2 else "not finite"
             return f"{self.what}: {fmt(self.effect)}{u} ({spread}), n = {n}"
