@@ -1,10 +1,12 @@
 """regularization: batch normalization is a mild regularizer, but it does not replace dropout.
 
-Seeds 000, 001 and 002: BN's batch statistics differ from batch to batch, and that noise
-"acts as a regularizer, similar to dropout" (000, 002: "it is thus unnecessary to use
-dropout"); but "Batch Normalization does not replace regularisation methods like
-dropout ... this effect is often insufficient for preventing overfitting ... Combining
-Batch Normalization with dropout ... can enhance model generalisation" (001).
+The 3-minute tutorial "Batch Normalization", the long overview "Batch Normalization in Deep
+Learning" and a "Deep Learning" revision note: BN's batch statistics differ from batch to
+batch, and that noise "acts as a regularizer, similar to dropout" (the tutorial; the
+revision note: "it is thus unnecessary to use dropout"); but "Batch Normalization does not
+replace regularisation methods like dropout ... this effect is often insufficient for
+preventing overfitting ... Combining Batch Normalization with dropout ... can enhance model
+generalisation" (the overview).
 
 Here: a network that overfits: a wide MLP (3 hidden layers of 256 ReLU units) trained
 on the first 500 MNIST-1D training samples with Adam (learning rate 1e-3, batch 50, as
