@@ -457,6 +457,7 @@ def test_new_fields_stay_out_of_cache_keys_at_their_defaults(monkeypatch):
     """Every config that existed before the source fields keeps its key: the keys of docs/report's runs,
     written by the code before them, are recomputed from their configs (at the result version they
     were written with: a later version changes every key on purpose)."""
+    import normlab.lab.claims  # noqa: F401  (registers the claims' own measures, which the runs name)
     from normlab.lab import train
 
     docs = pathlib.Path(__file__).resolve().parents[2] / "docs"
