@@ -211,6 +211,25 @@ def _in_trace(t: torch.Tensor | None = None) -> bool:
         t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t))
 
 
+def _scratch_statistics(input: torch.Tensor, weight: torch.Tensor | None):
+    """Running mean and variance for a kernel to write a batch's own statistics into (at momentum 1)
+    where the caller keeps none: a variance that overflowed shows there, looked at as the guard looks."""
+    dtype = weight.dtype if weight is not None else input.dtype
+    return torch.zeros(input.shape[1], dtype=dtype), torch.ones(input.shape[1], dtype=dtype)
+
+
+def _overflowed(input: torch.Tensor, variance: torch.Tensor | None = None, rstd: torch.Tensor | None = None) -> bool:
+    """Whether a finite ``input`` got a non-finite ``variance`` or a ``1 / sigma`` of 0 or NaN: its variance
+    overflowed in the kernel (None: nothing was looked at)."""
+    if variance is not None:
+        bad = not math.isfinite(float(variance.sum()))
+    elif rstd is not None:
+        bad = not bool((rstd > 0).all())
+    else:
+        return False
+    return bad and bool(torch.isfinite(input).all())
+
+
 class _Guard:
     """The guard on running statistics around one update (see :data:`NON_FINITE`).
 
@@ -346,10 +365,8 @@ def _one_step(input, running_mean, running_var, weight, bias, momentum, eps, upd
         rm = rv = None
     scratch = None
     if not update and stats is None and input.numel() and input.device.type == "cpu" and not _in_trace(input):
-        # no running statistics to guard, yet the kernel's variance can overflow as well (a huge finite input):
-        # it writes the batch's own statistics (momentum 1) into scratch buffers, looked at as the guard looks
-        dtype = weight.dtype if weight is not None else input.dtype
-        rm, rv, factor = torch.zeros(input.shape[1], dtype=dtype), torch.ones(input.shape[1], dtype=dtype), 1.0
+        # no running statistics to guard, yet the kernel's variance can overflow as well (a huge finite input)
+        (rm, rv), factor = _scratch_statistics(input, weight), 1.0
         scratch = rv
     try:
         if stats is None:
@@ -367,8 +384,7 @@ def _one_step(input, running_mean, running_var, weight, bias, momentum, eps, upd
         if guard is not None:
             guard.undo()
         raise
-    overflowed = scratch is not None and not math.isfinite(float(scratch.sum())) and bool(torch.isfinite(input).all())
-    if (overflowed or guard is not None and guard.finish(input)) and stats is None:
+    if (_overflowed(input, scratch) or guard is not None and guard.finish(input)) and stats is None:
         # a finite input whose variance overflowed in the kernel: its output is wrong as well; normlab's
         # own implementation takes that variance in float64 (the running statistics keep their values)
         if act is None:
@@ -633,9 +649,6 @@ def _looked_at(op: str, impl, input: torch.Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu"))
 
 
-def _overflowed(input: torch.Tensor, rstd: torch.Tensor) -> bool:
-    """Whether a finite ``input`` got a ``1 / sigma`` of 0 or NaN: its variance overflowed."""
-    return not bool((rstd > 0).all()) and bool(torch.isfinite(input).all())
 
 
 # --- layer, group, instance and RMS norm -----------------------------------------------------
@@ -677,7 +690,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-
     impl = backends.implementation("layer_norm", input)
     if _looked_at("layer_norm", impl, input):
         y, _, rstd = torch.native_layer_norm(input, normalized_shape, weight, bias, eps)
-        if not _overflowed(input, rstd):
+        if not _overflowed(input, rstd=rstd):
             return y
         impl = backends.TABLE["layer_norm"]["normlab"]  # takes the mean square in float64 where it must
     return impl(input, normalized_shape, weight, bias, eps)
@@ -708,7 +721,7 @@ def rms_norm(input, normalized_shape, weight=None, eps: float | None = None, *, 
     impl = backends.implementation("rms_norm", input)
     if hasattr(torch, "_fused_rms_norm") and _looked_at("rms_norm", impl, input):  # (torch 2.4 has no such form)
         y, rstd = torch._fused_rms_norm(input, list(normalized_shape), weight, eps)
-        if not _overflowed(input, rstd):
+        if not _overflowed(input, rstd=rstd):
             return y
         impl = backends.TABLE["rms_norm"]["normlab"]
     return impl(input, normalized_shape, weight, eps)
@@ -750,7 +763,7 @@ def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5
             memory_format=torch.channels_last) else input.contiguous()  # what torch's group_norm hands its kernel
         y, _, rstd = torch.native_group_norm(x, weight, bias, x.shape[0], x.shape[1], math.prod(x.shape[2:]),
                                              num_groups, eps)
-        if not _overflowed(input, rstd):
+        if not _overflowed(input, rstd=rstd):
             return y
         impl = backends.TABLE["group_norm"]["normlab"]
     return impl(input, num_groups, weight, bias, eps)
@@ -802,15 +815,11 @@ def instance_norm(
         if running_mean is not None and running_var is not None and non_finite != "propagate" else None
     rm, rv = (running_mean, running_var) if guard is None else guard.targets
     scratch = None
-    if rv is None and _looked_at("instance_norm", impl, input):
-        # no running statistics, yet the kernel's variance can overflow: it writes the batch's (momentum 1)
-        # into scratch buffers, looked at as the guard looks (as batch norm does)
-        dtype = weight.dtype if weight is not None else input.dtype
-        rm, rv, momentum = torch.zeros(input.shape[1], dtype=dtype), torch.ones(input.shape[1], dtype=dtype), 1.0
+    if rv is None and _looked_at("instance_norm", impl, input):  # no running statistics, as batch norm
+        (rm, rv), momentum = _scratch_statistics(input, weight), 1.0
         scratch = rv
     y = impl(input, rm, rv, weight, bias, True, momentum, eps)
-    overflowed = scratch is not None and not math.isfinite(float(scratch.sum())) and bool(torch.isfinite(input).all())
-    if overflowed or guard is not None and guard.finish(input):
+    if _overflowed(input, scratch) or guard is not None and guard.finish(input):
         # a finite input whose variance overflowed in torch's kernel: normlab's own takes it in float64
         y = backends.TABLE["instance_norm"]["normlab"](input, None, None, weight, bias, True, momentum, eps)
     return y
