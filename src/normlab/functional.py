@@ -696,6 +696,21 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-
     return impl(input, normalized_shape, weight, bias, eps)
 
 
+def _rms_norm_promotes() -> bool:
+    """Whether this torch's rms_norm gives a float32 input times a float64 weight in float64.
+
+    torch 2.4's composite normalizes in the input's dtype and then multiplies by the weight,
+    so the weight's dtype wins; later versions compute in the input's dtype (and warn).
+    Asked of torch itself, once, rather than guessed from its version number."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        weight = torch.ones(2, dtype=torch.float64)
+        return torch.nn.functional.rms_norm(torch.ones(1, 2), (2,), weight).dtype == torch.float64
+
+
+_RMS_NORM_PROMOTES = _rms_norm_promotes()
+
+
 def rms_norm(input, normalized_shape, weight=None, eps: float | None = None, *, who="rms_norm") -> torch.Tensor:
     r"""RMS normalization (Zhang & Sennrich 2019) over the trailing ``normalized_shape`` axes.
 
@@ -710,7 +725,9 @@ def rms_norm(input, normalized_shape, weight=None, eps: float | None = None, *, 
     _check_params(normalized_shape, who, weight=weight)
     if weight is not None and weight.is_floating_point() and weight.dtype != input.dtype and not (
             weight.dtype == torch.float32 and input.dtype in (torch.float16, torch.bfloat16)):
-        # torch's RMSNorm, alone among its norms, computes a weight of another dtype (and warns): so does normlab
+        # torch's RMSNorm, alone among its norms, takes a weight of another dtype: so does normlab, as this torch does
+        if _RMS_NORM_PROMOTES:
+            return rms_norm(input, normalized_shape, None, eps, who=who) * weight
         warnings.warn(f"{label(who)}: the input is {input.dtype} but weight is {weight.dtype}; computing in the "
                       f"input's dtype, as torch does (give both one dtype to silence this)", stacklevel=3)
         weight = weight.to(input.dtype)
