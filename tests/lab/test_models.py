@@ -3,6 +3,8 @@
 import json
 import pathlib
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -453,11 +455,21 @@ def test_misfit_says_why_before_anything_is_built():
     assert vgg11().misfit((3, 32, 32), 10) is None and TUTORIAL.misfit((20,), 2) is None
 
 
+def test_a_claims_own_measure_is_known_without_importing_the_claims_first():
+    """A results.json names measures the claim modules register (inference_latency): reading its
+    configs needs no import of the claims beforehand (a fresh process, where nothing imported them)."""
+    code = ("from normlab.lab.train import RunConfig; from normlab.lab.models import ModelSpec; "
+            "print(RunConfig(ModelSpec(), measures=('inference_latency',)).measures)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "('inference_latency',)", done.stderr
+    with pytest.raises(ValueError, match=r"unknown measures \['no_such_measure'\]"):
+        RunConfig(ModelSpec(), measures=("no_such_measure",))
+
+
 def test_new_fields_stay_out_of_cache_keys_at_their_defaults(monkeypatch):
     """Every config that existed before the source fields keeps its key: the keys of docs/report's runs,
     written by the code before them, are recomputed from their configs (at the result version they
     were written with: a later version changes every key on purpose)."""
-    import normlab.lab.claims  # noqa: F401  (registers the claims' own measures, which the runs name)
     from normlab.lab import train
 
     docs = pathlib.Path(__file__).resolve().parents[2] / "docs"
