@@ -121,6 +121,31 @@ def test_fused_model_quantizes_end_to_end(lib):
         assert_rel(quantized(x), model(x), 0.05, "quantized output")
 
 
+@BOTH
+@pytest.mark.parametrize("dim", [2, 3])
+def test_an_unfused_batch_norm_quantizes_to_torch_s_quantized_batch_norm(lib, dim):
+    """Eager static quantization of a batch norm with nothing before it to fold into: prepare
+    observes it and convert swaps it for torch's quantized batch norm, normlab's as torch's,
+    and the quantized models compute the same."""
+    def quantized(lib):
+        torch.manual_seed(0)
+        conv = CONV[dim](3, 4, 3)
+        model = nn.Sequential(torch.ao.quantization.QuantStub(), conv, nn.ReLU(), batch_norm(lib, dim, 4),
+                              torch.ao.quantization.DeQuantStub())
+        model = randomize(model, x).eval()
+        model.qconfig = torch.ao.quantization.get_default_qconfig(ENGINE)
+        prepared = torch.ao.quantization.prepare(model)
+        with torch.no_grad():
+            prepared(x)
+        return torch.ao.quantization.convert(prepared)
+
+    x = rand(2, 3, *SPATIAL[dim])
+    ours, theirs = quantized(lib), quantized(nn)
+    assert type(ours[3]) is type(theirs[3]) is getattr(torch.ao.nn.quantized, f"BatchNorm{dim}d")
+    with torch.no_grad():
+        assert_rel(ours(x), theirs(x), 1e-6, "quantized model, against torch's")
+
+
 # --- eager mode: quantization-aware training --------------------------------------------------------
 
 

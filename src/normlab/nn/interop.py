@@ -3,7 +3,7 @@
 Why this file exists. normlab's layers are instances of their torch classes, and most of
 the ecosystem finds a normalization layer with ``isinstance`` (``swa_utils.update_bn``,
 ``SyncBatchNorm.convert_sync_batchnorm``, FSDP's mixed precision,
-``torch.func.replace_all_batch_norm_modules_``): those need nothing from here. Two of
+``torch.func.replace_all_batch_norm_modules_``): those need nothing from here. Three of
 torch's tools look the exact class up instead, and do not see a subclass:
 
 - **Eager quantization fusion** (``torch.ao.quantization.fuse_modules`` and
@@ -17,6 +17,12 @@ torch's tools look the exact class up instead, and do not see a subclass:
   model with normlab's layers as it does with torch's, with nothing for the user to do.
   The same entries are :data:`FUSER_METHODS`, for torch's public per-call argument
   ``fuse_custom_config_dict={"additional_fuser_method_mapping": FUSER_METHODS}``.
+- **Eager static quantization** (``torch.ao.quantization.prepare`` and ``convert``) observes
+  and swaps a module found by its exact class in ``DEFAULT_STATIC_QUANT_MODULE_MAPPINGS``;
+  a batch norm left unfused (nothing before it to fold into) becomes torch's quantized
+  batch norm. :func:`register` maps normlab's ``BatchNorm2d/3d`` to the same quantized
+  modules as torch's (torch has none for 1-D), which read the layer's parameters and
+  buffers as they read torch's: :data:`QUANTIZED_MODULES`.
 - **FX graph mode quantization** (``prepare_fx``, ``prepare_qat_fx``, ``fuse_fx``,
   ``convert_fx``) records each normlab layer as one module call, as it records torch's,
   and matches its fusion patterns (``(nn.Conv2d, nn.BatchNorm2d, nn.ReLU)``, ...) by exact
@@ -55,7 +61,7 @@ from torch import nn
 
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
-__all__ = ["FUSER_METHODS", "backend_config", "register"]
+__all__ = ["FUSER_METHODS", "QUANTIZED_MODULES", "backend_config", "register"]
 
 # normlab's class -> the torch class torch.ao's fused modules expect
 TORCH_BATCH_NORM: dict[type, type] = {
@@ -125,16 +131,29 @@ def _torch_fusion_table() -> dict | None:
     return table if isinstance(table, dict) else None
 
 
+def _torch_static_quant_mappings() -> dict | None:
+    """torch.ao's float class -> quantized class table of eager static quantization, or None."""
+    try:
+        from torch.ao.quantization import quantization_mappings
+    except ImportError:
+        return None
+    table = getattr(quantization_mappings, "DEFAULT_STATIC_QUANT_MODULE_MAPPINGS", None)
+    return table if isinstance(table, dict) else None
+
+
 _TABLE = _torch_fusion_table()
 FUSER_METHODS: dict = {} if _TABLE is None else _fuser_methods(_TABLE)
+_STATIC = _torch_static_quant_mappings()
+QUANTIZED_MODULES: dict = {ours: _STATIC[theirs] for ours, theirs in TORCH_BATCH_NORM.items() if theirs in (_STATIC or {})}
 
 
 def register() -> None:
-    """Put :data:`FUSER_METHODS` into torch.ao's default eager fusion table (idempotent; the
-    entries for torch's own classes are left untouched)."""
-    if _TABLE is not None:
-        for key, fuser in FUSER_METHODS.items():
-            _TABLE.setdefault(key, fuser)
+    """Put :data:`FUSER_METHODS` into torch.ao's default eager fusion table and
+    :data:`QUANTIZED_MODULES` into its static quantization mappings (idempotent; the entries
+    for torch's own classes are left untouched)."""
+    for table, entries in ((_TABLE, FUSER_METHODS), (_STATIC, QUANTIZED_MODULES)):
+        for key, value in entries.items() if table is not None else ():
+            table.setdefault(key, value)
 
 
 register()
