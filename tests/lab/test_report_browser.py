@@ -38,6 +38,18 @@ def test_every_plot_decodes(page, tmp_path):
     assert messages == ["decoded 2 of 2"], messages
 
 
+def test_nothing_is_wider_than_the_page(page, tmp_path):
+    """The claims table (seven columns of long text) fits the browser's window, as the rest of the
+    page does: no part of it is cut off or needs a horizontal scroll."""
+    probe = """<script>window.addEventListener("load", () => { const t = document.querySelector("table.claims");
+    console.log("page " + (document.documentElement.scrollWidth <= window.innerWidth) + ", table "
+                + (t.scrollWidth <= t.clientWidth && t.getBoundingClientRect().right <= window.innerWidth)); });</script>"""
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", probe + "</body>"))
+    messages, _ = browser.console(probed)
+    assert messages == ["page true, table true"], messages
+
+
 def test_a_screenshot(page, tmp_path):
     from PIL import Image
 

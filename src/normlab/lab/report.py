@@ -46,6 +46,7 @@ SMOKE_TEST = (
 )
 
 COLUMNS = ("claim", "source", "measured", "criterion", "figures (mean ± std over seeds)", "the verdict's arithmetic", "verdict")
+WIDTHS = (9, 9, 14, 12, 22, 23, 11)  # percent of the page, per column of the HTML table: it fits the page, nothing scrolls
 
 
 def figure_lines(figures: dict) -> list[str]:
@@ -238,7 +239,8 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; 
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.4em 0.6em; vertical-align: top; text-align: left; }
 th { background: #f3f3f3; }
-td.figures { min-width: 24em; }
+table.claims { width: 100%; table-layout: fixed; }
+table.claims td { overflow-wrap: anywhere; }
 .reproduced { background: #dff3df; font-weight: bold; }
 .not-reproduced { background: #f8dcdc; font-weight: bold; }
 .inconclusive { background: #f6efd2; font-weight: bold; }
@@ -254,7 +256,6 @@ body.smoke-test td.reproduced, body.smoke-test td.not-reproduced, body.smoke-tes
 body.smoke-test span.reproduced, body.smoke-test span.not-reproduced, body.smoke-test span.inconclusive
   { background: #eeeeee; color: #555; }
 ol.references li { margin-bottom: 0.3em; }
-div.wide { overflow-x: auto; }
 """
 
 
@@ -289,6 +290,7 @@ def page(doc: dict, images: dict[str, bytes]) -> str:
             f"<ul>{items(part_lines(c))}</ul><ul>{items([*_findings(c), *figure_lines(c['figures'])])}</ul>{img}</section>"
         )
     head = "".join(f"<th>{e(h)}</th>" for h in COLUMNS)
+    columns = "<colgroup>" + "".join(f'<col style="width: {w}%">' for w in WIDTHS) + "</colgroup>"
     note = fingerprint_note(doc)
     note_html = f'<p class="note"><b>Note.</b> {e(note)}</p>' if note else ""
     smoke = _smoke(doc)
@@ -318,7 +320,7 @@ def page(doc: dict, images: dict[str, bytes]) -> str:
         + f'<table class="headline"><tr>{top_head}</tr>{"".join(top)}</table>'
         f'<p class="about">{e(_about(doc))}</p>{note_html}'
         "<h2>Every claim, its criterion and its arithmetic</h2>"
-        f'<div class="wide"><table><tr>{head}</tr>{"".join(rows)}</table></div>{"".join(sections)}{references}</body></html>\n'
+        f'<table class="claims">{columns}<tr>{head}</tr>{"".join(rows)}</table>{"".join(sections)}{references}</body></html>\n'
     )
 
 
