@@ -166,12 +166,17 @@ class _Synchronized:
         # A rank that refuses its batch (a wrong shape, say) before the first collective still takes
         # part in it, sharing REFUSED as its count: the other ranks then raise PeerRefused naming it,
         # where they would otherwise wait for it and die with the transport's "connection closed".
+        # Only where there is a group to tell, and outside a trace (torch.compile, export, fx),
+        # which records no collective of its own and, in torch 2.4, cannot set the flag.
+        tracing = isinstance(input, torch.fx.Proxy) or torch.compiler.is_compiling()
+        group = self._group() if self.training and not tracing else None
+        if group is None:
+            return super()._normalize(input, mask, act)
         self._joined = False
         try:
             return super()._normalize(input, mask, act)
         except Exception:
-            group = None if self._joined or isinstance(input, torch.fx.Proxy) or not self.training else self._group()
-            if group is not None:
+            if not self._joined:
                 device = input.device if isinstance(input, torch.Tensor) else next(self.buffers()).device
                 gather_counts(REFUSED, group, device)
             raise
