@@ -120,5 +120,7 @@ def test_qat_with_torch_s_behaviour_on_non_finite_batches_and_the_class_known(no
 def test_qat_convert_refuses_the_default_non_finite_guard(normlab_batch_norm_equivalent):
     """The default guard (``non_finite="skip"``) updates the running statistics through a select
     on them, which torchao's conv + bn fold does not take for the layer's buffers."""
-    with pytest.raises(ValueError, match="get_attr"):
+    with pytest.raises((ValueError, AssertionError)) as refused:
         quantized(normlab, qat=True)
+    # torchao says so in words; torch 2.4's own copy asserts that the running statistics are a get_attr
+    assert "get_attr" in str(refused.value) or refused.traceback[-1].name == "_get_tensor_constant_from_node"
