@@ -67,11 +67,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the tiny profile, one claim (a check that the script runs)")
     args = parser.parse_args()
     profiles = ["tiny"] if args.quick else args.profiles
+
     def kept(name, how):
         return None if args.out is None else args.out / f"{name}-{how.replace(', ', '-')}"
+
     taken = [str(d) for name in profiles for how in args.executors if kept(name, how) and kept(name, how).exists()]
     if taken:
         parser.error(f"--out: {', '.join(taken)} already exist; each run starts from an empty cache")
+
     claims = ["stable-distributions"] if args.quick else None
     fp = fingerprint()
     print(f"# {fp['cpu']}, {os.cpu_count()} cores, {args.jobs} workers, device {args.device}, torch {fp['torch']}")

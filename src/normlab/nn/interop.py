@@ -152,8 +152,9 @@ def register() -> None:
     :data:`QUANTIZED_MODULES` into its static quantization mappings (idempotent; the entries
     for torch's own classes are left untouched)."""
     for table, entries in ((_TABLE, FUSER_METHODS), (_STATIC, QUANTIZED_MODULES)):
-        for key, value in entries.items() if table is not None else ():
-            table.setdefault(key, value)
+        if table is not None:
+            for key, value in entries.items():
+                table.setdefault(key, value)
 
 
 register()
