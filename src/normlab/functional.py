@@ -649,8 +649,6 @@ def _looked_at(op: str, impl, input: torch.Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu"))
 
 
-
-
 # --- layer, group, instance and RMS norm -----------------------------------------------------
 
 
