@@ -119,10 +119,11 @@ def plot(runs: list[Run], figures: dict):
         x = [j + (i - 0.5) * 0.3 for j in range(len(names))]
         ax.bar(x, [f[s]["mean"] for s in names], width=0.3, yerr=[f[s]["std"] for s in names], capsize=3, label=label)
         for xi, s in zip(x, names):
-            ax.annotate(f"lr {rates[s]:g}", (xi, f[s]["mean"]), ha="center", va="bottom", fontsize=7, xytext=(0, 4), textcoords="offset points")
+            top = f[s]["mean"] + f[s]["std"]  # above the error bar, not across it
+            ax.annotate(f"lr {rates[s]:g}", (xi, top), ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
     ax.axhline(1 / runs[0].result["classes"], color="grey", linestyle=":", label="chance")
     ax.set_xticks(range(len(names)), names)
-    ax.set(xlabel="initialization scheme", ylabel="final test accuracy (mean ± std over seeds)")
+    ax.set(xlabel="initialization scheme", ylabel="final test accuracy (mean ± std)")
     plots.legend(ax)
     return fig
 
