@@ -78,8 +78,10 @@ class ShapeError(ValueError, RuntimeError):
     error for the same mistake is, so that ``except RuntimeError`` catches it."""
 
 
-class DtypeError(TypeError, RuntimeError):
-    """An input or parameter of the wrong dtype; a RuntimeError too, as torch's own error is."""
+class DtypeError(TypeError, NotImplementedError):
+    """An input or parameter of the wrong dtype. Also a NotImplementedError, torch's error for an
+    integer input to its batch, instance and RMS norms (and so a RuntimeError, the base of that and
+    of its other norms' error): code that catches torch's catches normlab's."""
 
 
 def label(who) -> str:

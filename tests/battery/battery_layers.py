@@ -413,10 +413,7 @@ def _close(ours: Result, target_out, target_state, target_grads, tol) -> bool:
 
 
 def _clear(error: BaseException, expected_type: type, kind: str) -> bool:
-    """An error of torch's type (for torch's NotImplementedError, "no kernel for this dtype", its base
-    RuntimeError: normlab's DtypeError is a TypeError and a RuntimeError), on one line naming the layer."""
-    if expected_type is NotImplementedError:
-        expected_type = RuntimeError
+    """An error of torch's type, on one line naming the layer."""
     return isinstance(error, expected_type) and kind.split("(")[0] in str(error) and "\n" not in str(error).strip()
 
 

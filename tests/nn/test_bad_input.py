@@ -26,6 +26,17 @@ def test_non_floating_input(dtype):
         normlab.BatchNorm1d(3)(torch.ones(4, 3, dtype=dtype))
 
 
+@pytest.mark.parametrize("name", ["BatchNorm1d", "InstanceNorm1d", "LayerNorm", "GroupNorm", "RMSNorm"])
+def test_an_integer_input_raises_what_code_written_for_torch_catches(name):
+    args = (1, 3) if name == "GroupNorm" else (3,)
+    x = torch.ones(4, 3, 5, dtype=torch.long) if name == "InstanceNorm1d" else torch.ones(4, 3, dtype=torch.long)
+    with pytest.raises(Exception) as theirs:
+        getattr(torch.nn, name)(*args)(x)
+    with pytest.raises(type(theirs.value)) as ours:  # NotImplementedError or RuntimeError, as torch's
+        getattr(normlab, name)(*args)(x)
+    assert isinstance(ours.value, TypeError) and name in str(ours.value)
+
+
 def test_not_a_tensor():
     with pytest.raises(TypeError, match=r"BatchNorm1d\(3\): expected a torch.Tensor, got list"):
         normlab.BatchNorm1d(3)([[1.0, 2.0, 3.0]])
