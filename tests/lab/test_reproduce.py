@@ -28,7 +28,7 @@ def cli(*args, cwd=None, timeout=300):
 def without_timing(doc):
     """results.json with what legitimately differs between two runs (wall-clock times) removed."""
     doc = json.loads(json.dumps(doc))
-    for key in ("created", "seconds"):
+    for key in ("created", "seconds", "trained"):
         doc.pop(key, None)
     for r in doc["runs"].values():
         r["result"].pop("seconds")
@@ -61,6 +61,17 @@ def test_progress_bar_in_a_log():
     lines = stream.getvalue().splitlines()
     assert lines[0].startswith("[############..................] 1/2 runs") and "left" in lines[0]
     assert lines[-1].startswith("[##############################] 2/2 runs") and len(lines) == 2
+
+
+def test_the_report_says_how_many_runs_came_from_the_cache(tmp_path, mnist1d):
+    doc = rep.reproduce(["stable-distributions"], PROFILES["tiny"], tmp_path, jobs=1, progress=False)
+    assert doc["trained"] == len(doc["runs"]) == 4
+    assert "from the cache" not in (tmp_path / "report.md").read_text()  # all trained now: the clock is the profile's
+    victim = next(iter((tmp_path / "runs").glob("*.json")))
+    victim.unlink()
+    doc = rep.reproduce(["stable-distributions"], PROFILES["tiny"], tmp_path, jobs=1, progress=False)
+    assert doc["trained"] == 1 and (tmp_path / "runs" / victim.name).exists()
+    assert "s, training 1 of its 4 runs (the others from the cache);" in (tmp_path / "report.md").read_text()
 
 
 def test_report_is_rebuilt_from_results_json_alone(tmp_path, mnist1d):

@@ -191,9 +191,12 @@ def _about(doc: dict) -> str:
     libs = ", ".join(f"{k} {v[k]}" for k in ("normlab", "torch", "numpy", "scipy", "mnist1d", "matplotlib") if v.get(k))
     offset = f", seeds from {p['seed_offset']}" if p.get("seed_offset") else ""
     machine = f"{fp.get('cpu', '?')} ({fp.get('torch_cpu_capability', '?')}, MKL {fp.get('mkl', '?')}, oneDNN {fp.get('onednn', '?')})"
+    runs, trained = len(doc.get("runs", {})), doc.get("trained")
+    # a run that reused a cache did not take its profile's time: say so beside the clock
+    cache = f", training {trained} of its {runs} runs (the others from the cache)" if trained is not None and trained < runs else ""
     return (
         f"Profile {p['name']}, seeds per arm in rounds of {'/'.join(map(str, p['rounds']))}{offset}, data {p['data']}; "
-        f"created {doc['created']} in {doc.get('seconds', '?')} s; Python {v['python']} on {v['platform']}, {machine}; {libs}."
+        f"created {doc['created']} in {doc.get('seconds', '?')} s{cache}; Python {v['python']} on {v['platform']}, {machine}; {libs}."
     )
 
 

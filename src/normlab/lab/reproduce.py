@@ -61,6 +61,12 @@ def default_jobs() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
+def _stamps(out: pathlib.Path) -> dict:
+    """The cached runs' file names under ``out`` with their modification times."""
+    runs = out / "runs"
+    return {p.name: p.stat().st_mtime_ns for p in runs.glob("*.json")} if runs.is_dir() else {}
+
+
 def _run_path(out: pathlib.Path, config: RunConfig) -> pathlib.Path:
     return out / "runs" / f"{config.key()}.json"
 
@@ -400,6 +406,7 @@ def reproduce(
     claims = for_profile(profile.name, names)
     out = pathlib.Path(out)
     start = time.monotonic()
+    cached = _stamps(out)  # what was cached before: the report says how much this call trained
     if executor is None:
         resolve_device(device)  # fail early on --device cuda without CUDA; elsewhere the workers decide
     skipped = plan(claims, profile)[1]  # loads every dataset (MNIST-1D generated once) before the workers start
@@ -451,6 +458,8 @@ def reproduce(
     for config in (c for rs in planned.values() for c in rs if c.key() in results):
         doc["runs"][config.key()] = {"config": config.to_dict(), "result": results[config.key()]}
     doc["seconds"] = round(time.monotonic() - start, 1)
+    now = _stamps(out)
+    doc["trained"] = sum(cached.get(f"{k}.json") != now.get(f"{k}.json") for k in doc["runs"])  # new or rewritten
     _write(out / "results.json", json.dumps(doc, indent=1).encode())
     try:
         report.write(out / "results.json")
