@@ -17,8 +17,8 @@ at 0 but for torch's default. Each network and scheme trains at each learning ra
 scheme, so that no scheme loses only because one rate suits another better. A run that
 diverges counts at chance accuracy (its NaN remains would score 0). Six layers, not the
 lab's usual three: an initialization's scale compounds with depth, and in three layers
-every scheme trains the plain network about as well as any other, so that both networks'
-sensitivity was the range of four noisy numbers and nothing the claim speaks of.
+every scheme trains the plain network about as well as any other, so that the
+sensitivity of either network is little more than the range of four noisy accuracies.
 
 The *sensitivity* of a network, per seed, is the share of what it can learn above
 chance that its worst scheme costs: ``(best - worst) / (best - chance)`` over the four
@@ -42,7 +42,7 @@ NORMS = {"bn": "BN", "none": "no BN"}
 # Half-decades: in the pilot (5 seeds from 5000, validation split, 0.03 to 3) every arm trained best at
 # 0.3 or 1, and worse at 0.1 and at 3 (the plain network diverged there): the grid brackets every best rate.
 LRS = (0.1, 0.3, 1.0)
-DEPTH = 6
+DEPTH = 6  # hidden layers: deep enough for the schemes to differ without BN (module docstring)
 SMALLEST = 0.02  # sensitivity removed by BN
 
 
