@@ -1,4 +1,4 @@
-"""normlab.summary: Keras's counts for the seeds' model, and the rules behind them."""
+"""normlab.summary: Keras's counts for the model of the tutorial "Batch Normalization", and the rules behind them."""
 
 import torch
 from torch import nn
@@ -6,8 +6,9 @@ from torch import nn
 import normlab
 
 
-def seed_model():
-    """Seed 000's Keras model, in PyTorch with normlab's BN (L2 regularization lives in the optimizer)."""
+def tutorial_model():
+    """The Keras model of the tutorial "Batch Normalization" (a 3-minute read), in PyTorch with normlab's BN
+    (L2 regularization lives in the optimizer)."""
     return nn.Sequential(
         nn.Linear(20, 64), normlab.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.3),
         nn.Linear(64, 32), normlab.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.2),
@@ -15,8 +16,8 @@ def seed_model():
     )
 
 
-def test_seed_model_counts_like_keras():
-    s = normlab.summary(seed_model(), (20,))
+def test_tutorial_model_counts_like_keras():
+    s = normlab.summary(tutorial_model(), (20,))
     assert (s.total, s.trainable, s.non_trainable) == (3841, 3649, 192)
     text = str(s)
     assert "Total params: 3,841 (15.00 KB)" in text
@@ -27,7 +28,7 @@ def test_seed_model_counts_like_keras():
 
 
 def test_model_state_is_untouched():
-    model = seed_model().train()
+    model = tutorial_model().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     normlab.summary(model, (20,))
     assert model.training
