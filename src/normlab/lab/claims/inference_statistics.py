@@ -3,7 +3,7 @@ are as good as the training set's own.
 
 At test time BN normalizes with population statistics estimated in training, never
 with the test batch's. Ioffe & Szegedy 2015 (Sec. 3.1, Alg. 2) compute them over the
-training set with the trained network; the seed articles estimate them during
+training set with the trained network; the tutorials estimate them during
 training: "frozen running averages of the mean and variance calculated during
 training" ("Batch Normalization", a 3-minute tutorial), "a moving average and variance
 estimate of the training population. These estimates are averages of all batch means
