@@ -17,7 +17,7 @@ import argparse
 import math
 import statistics
 
-from normlab.lab.claims import ghost_batches, init_robustness
+from normlab.lab.claims import Run, base, ghost_batches, init_robustness
 from normlab.lab.models import ModelSpec
 from normlab.lab.reproduce import default_jobs, run_all
 from normlab.lab.train import RunConfig
@@ -44,9 +44,11 @@ def configs(pilot: str, seeds: int) -> list[RunConfig]:
     ]
 
 
-def validation(result: dict) -> float:
-    """A run's final validation accuracy; a diverged run at chance."""
-    return 1 / result["classes"] if result["diverged"] else result["final_val_accuracy"]
+def validation(result: dict, pilot: str = "init-depth") -> float:
+    """A run's final validation accuracy, read as the pilot's claim reads its test accuracy
+    (init-robustness: a diverged run at chance)."""
+    run = Run(None, result)
+    return init_robustness.final_accuracy(run, "val") if pilot == "init-depth" else base.accuracy(run, "val")
 
 
 def main(argv=None) -> None:
@@ -62,7 +64,7 @@ def main(argv=None) -> None:
     for c in runs:
         if c.key() in results:
             arm = (c.model.depth, c.model.norm, c.model.init, c.lr, c.batch_size)
-            arms.setdefault(arm, []).append(validation(results[c.key()]))
+            arms.setdefault(arm, []).append(validation(results[c.key()], args.pilot))
     print("depth  norm   init    lr       batch  validation accuracy (mean ± std, n)")
     for (depth, norm, init, lr, batch), v in sorted(arms.items()):
         print(f"{depth:<6} {norm:<6} {init:<7} {lr:<8.4g} {batch:<6} {statistics.mean(v):.4f} ± {statistics.stdev(v):.4f}, {len(v)}")

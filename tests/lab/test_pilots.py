@@ -34,7 +34,8 @@ def test_the_pilot_trains_the_claims_setup_on_seeds_no_report_uses(pilot, claim)
 def test_the_pilot_reads_validation_only():
     result = {"final_val_accuracy": 0.4, "final_test_accuracy": 0.9, "diverged": None, "classes": 10}
     assert pilots.validation(result) == 0.4
-    assert pilots.validation({**result, "diverged": {"step": 3}}) == 0.1  # at chance, as the claims count it
+    assert pilots.validation({**result, "diverged": {"step": 3}}) == 0.1  # at chance, as init-robustness counts it
+    assert pilots.validation({**result, "diverged": {"step": 3}}, "ghost-batch") == 0.4  # as ghost-batches reads it
 
 
 def test_gains_and_sensitivities():

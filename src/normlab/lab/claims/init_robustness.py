@@ -66,9 +66,9 @@ def runs(profile: Profile) -> list[RunConfig]:
     ]
 
 
-def final_accuracy(run: Run) -> float:
-    """The final test accuracy; a diverged run at chance."""
-    return 1 / run.result["classes"] if run.result["diverged"] else run.result["final_test_accuracy"]
+def final_accuracy(run: Run, split: str = "test") -> float:
+    """The final accuracy on ``split`` ("test" or "val"); a diverged run at chance."""
+    return 1 / run.result["classes"] if run.result["diverged"] else run.result[f"final_{split}_accuracy"]
 
 
 def sensitivity(best: float, worst: float, chance: float) -> float:
