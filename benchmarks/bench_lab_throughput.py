@@ -10,14 +10,17 @@ batch 2, the recurrent GRU (32 units, BN per step), the bn-only-training CNN (3 
 the lab trains them: building the models, the evaluations on the test set, everything.
 
 Then the faster-training MLP once more with torch.nn.BatchNorm1d in place of normlab's,
-separate and in a group of 10: the ratio normlab / torch is what normlab's layer costs
-inside a lab run (above 1: normlab's is slower).
+separate and in the largest group (20; 3 with --quick), the two layers' rounds interleaved:
+the ratio normlab / torch is what normlab's layer costs inside a lab run (above 1:
+normlab's is slower).
 
 Each figure is the median over interleaved rounds (benchmarks/_timing.py). State the
 machine and its load with any figure you quote.
 
     python benchmarks/bench_lab_throughput.py            # a few minutes on one core
     python benchmarks/bench_lab_throughput.py --quick    # short runs in groups of 1 and 3, the MLPs: a minute
+    python benchmarks/bench_lab_throughput.py --kinds CNN  # only the kinds whose name holds "CNN", then the comparison
+    python benchmarks/bench_lab_throughput.py --kinds      # only the comparison with torch's layer
 """
 
 from __future__ import annotations
@@ -69,6 +72,14 @@ def torch_batch_norm():
         models.NORMS["bn"] = saved
 
 
+def with_torch_batch_norm(run):
+    def wrapped():
+        with torch_batch_norm():
+            return run()
+
+    return wrapped
+
+
 def runners(config: RunConfig, ds, sizes) -> dict:
     out = {"separate": lambda: train.train_separately(config, ds)}
     for k in sizes:
@@ -86,29 +97,36 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short runs: checks that the script works, in seconds")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--min-time", type=float, default=0.0, help="seconds each runner is repeated for per round")
+    parser.add_argument("--kinds", nargs="*", metavar="TEXT",
+                        help="only the kinds of run whose name contains one of these (none given: only the comparison with torch's layer)")
     args = parser.parse_args()
+    every = kinds(args.quick)
+    if args.quick:  # a check that the script works: the convolutions and recurrences take minutes even so
+        every = {k: v for k, v in every.items() if "MLP" in k}
+    if args.kinds is not None:
+        every = {k: v for k, v in every.items() if any(t.lower() in k.lower() for t in args.kinds)}
+        if args.kinds and not every:
+            parser.error(f"--kinds: none of {', '.join(map(repr, args.kinds))} is in a kind's name ({'; '.join(kinds(False))})")
     torch.set_num_threads(1)
     ds = data.load("mnist1d")
     print(f"# {fingerprint()['cpu']}, torch {torch.__version__} "
           f"({torch.backends.cpu.get_cpu_capability()}), one thread; member-steps per second (ratio to separate)")
     groups = (1, 3) if args.quick else GROUPS
-    every = kinds(args.quick)
-    if args.quick:  # a check that the script works: the convolutions and recurrences take minutes even so
-        every = {k: v for k, v in every.items() if "MLP" in k}
-    print(f"{'kind of run':<30}{'separate':>12}" + "".join(f"{'group ' + str(k):>18}" for k in groups), flush=True)
+    if every:
+        print(f"{'kind of run':<30}{'separate':>12}" + "".join(f"{'group ' + str(k):>18}" for k in groups), flush=True)
     for label, config in every.items():
         times = median_times(runners(config, ds, groups), args.rounds, args.min_time)
         base = member_steps("separate", times["separate"], config.steps)
         cells = [f"{member_steps(n, t, config.steps) / base:>10.2f}x ({member_steps(n, t, config.steps):>4.0f})" for n, t in times.items() if n != "separate"]
         print(f"{label:<30}{base:>12.0f}" + "".join(f"{c:>18}" for c in cells), flush=True)
     config = kinds(args.quick)["faster-training MLP"]
-    size = (groups[-1],)
-    ours = median_times(runners(config, ds, size), args.rounds, args.min_time)
-    with torch_batch_norm():
-        theirs = median_times(runners(config, ds, size), args.rounds, args.min_time)
+    ours = runners(config, ds, (groups[-1],))
+    # both layers in one call of median_times, so that their rounds interleave and share the machine's load
+    times = median_times({**{("normlab", n): r for n, r in ours.items()}, **{("torch", n): with_torch_batch_norm(r) for n, r in ours.items()}},
+                         args.rounds, args.min_time)
     print("\n# the faster-training MLP with normlab.nn.BatchNorm1d against torch.nn.BatchNorm1d: time ratio normlab / torch")
     for name in ours:
-        print(f"{name:<12}{ours[name] / theirs[name]:>8.3f}")
+        print(f"{name:<12}{times['normlab', name] / times['torch', name]:>8.3f}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,12 @@ def test_lab_throughput_benchmark_runs_quick():
     assert "faster-training MLP" in done.stdout and "group 3" in done.stdout and "normlab / torch" in done.stdout
 
 
+def test_lab_throughput_benchmark_refuses_an_unknown_kind():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_lab_throughput.py"), "--kinds", "transformer"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and not done.stdout
+    assert "--kinds: none of 'transformer'" in done.stderr and "bn-only CNN" in done.stderr and "Traceback" not in done.stderr
+
+
 @pytest.mark.slow
 def test_lab_executors_benchmark_runs_quick():
     pytest.importorskip("ray")
