@@ -3,6 +3,7 @@ verdict and the effect that decides it), the smoke-test warning on the tiny prof
 with full citations; one colour per normalization, legends outside the data, twice the resolution."""
 
 import io
+import re
 
 import pytest
 from PIL import Image
@@ -65,6 +66,8 @@ def test_references_are_full_citations():
         assert ref.authors and ref.year and ref.title and ref.venue and ref.link.startswith("https://")
         assert f"- {ref.text()}" in md
     assert len(ARTICLES) == 5 and all(ref.title and ref.venue for ref in ARTICLES)
+    for ref in ARTICLES:  # each sentence of a citation starts with a capital (title, then what the article shows)
+        assert f"- {ref.text()}" in md and not re.search(r"\. [a-z]", ref.text()), ref.text()
     assert "Ioffe, S., & Szegedy, C. (2015). Batch Normalization: Accelerating" in md
     assert "seed 00" not in md.lower() and "seeds 00" not in md.lower()
 

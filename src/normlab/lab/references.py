@@ -51,16 +51,16 @@ PAPERS = (
 )
 
 ARTICLES = (
-    Reference("", "", '"Batch Normalization", a 3-minute-read tutorial', "internal covariate shift, and a Keras dense "
+    Reference("", "", '"Batch Normalization", a 3-minute-read tutorial', "On internal covariate shift, with a Keras dense "
               "network for digit classification with and without batch normalization; at inference, frozen running averages"),
-    Reference("", "", '"Batch Normalization in Deep Learning", a long overview', "benefits (stability, speed, less "
+    Reference("", "", '"Batch Normalization in Deep Learning", a long overview', "On the benefits (stability, speed, less "
               "sensitivity to initialization), the inference overhead, learning-rate tuning, batch dependence and "
               "recurrent networks"),
-    Reference("", "", 'A "Deep Learning" revision note on batch normalization', "internal covariate shift, the "
+    Reference("", "", 'A "Deep Learning" revision note on batch normalization', "On internal covariate shift, the "
               "training-set statistics used at inference, and where to place the layer (before or after the activation, "
               "after F. Chollet's advice for Keras)"),
     Reference("Saxena, S.", "2021", '"Introduction to Batch Normalization"', "Analytics Vidhya: the normalization "
               "step by step and the advantages it offers"),
-    Reference("", "", "A blog post reviewing Ioffe and Szegedy's batch normalization", "a Keras CNN on CIFAR-100 with "
+    Reference("", "", "A blog post reviewing Ioffe and Szegedy's batch normalization", "Trains a Keras CNN on CIFAR-100 with "
               "sigmoid or ReLU activations, with and without batch normalization"),
 )
