@@ -17,7 +17,7 @@ a GPU measurement. Each step is a forward and a backward (``x.grad = None``,
     python benchmarks/bench_host.py            # a few shapes, NCHW and channels-last
     python benchmarks/bench_host.py --quick    # fewer rounds
 
-Target (issue 15): at most 1.5x torch's step.
+Target: at most 1.5x torch's step (docs/performance.md has the figures).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The battery of bad and odd cases (issue 16): layers x input kinds x modes, tools x odd models, lab x
+"""The battery of bad and odd cases: layers x input kinds x modes, tools x odd models, lab x
 damaged data. Each case's expected outcome is decided before normlab runs (see each module's docstring);
 docs/battery.md holds the counts (``battery_page.py``)."""
 

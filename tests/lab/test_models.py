@@ -156,7 +156,7 @@ def test_init_scale_multiplies_the_default_weights():
         ModelSpec(init_scale=0)
 
 
-# --- issue 6: noise after the normalization, the recurrent model, the momentum ------------
+# --- noise after the normalization, the recurrent model, the momentum ------------
 
 
 def test_noise_follows_the_normalization_or_the_linear_map():

@@ -1,4 +1,4 @@
-"""No silent wrong answer from the layers on odd input or state (issue 16): running statistics of
+"""No silent wrong answer from the layers on odd input or state: running statistics of
 instance norm and mean-only batch norm guarded like batch norm's, weight norm's second derivatives
 on the default backend, a zero weight and a negative running variance refused clearly, an empty
 batch for instance norm, frozen batch norm from a batch norm without affine parameters, huge finite

@@ -1,7 +1,7 @@
 """Every tool on every normlab layer kind, after a conv: the tools ask the layer what it is (its
 inference map, what follows it, its frozen and synchronized forms, whether it uses batch
 statistics), so BatchNormAct keeps its activation through each of them, and each gives the model's
-output back. And the conversion defects of issue 16: a module used twice in one parent, in-place
+output back. And the conversion defects: a module used twice in one parent, in-place
 ABN's scale when folding, a Linear over the last axis of a 3-D input, precise statistics of a
 frozen layer."""
 
@@ -134,7 +134,7 @@ def test_precise_batchnorm(kind):
     assert torch.equal(net[1].num_batches_tracked, before["1.num_batches_tracked"])
 
 
-# --- issue 16's conversion defects -------------------------------------------------------------
+# --- conversion defects ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("tool", ["convert", "freeze_batchnorm", "convert_sync_batchnorm"])
