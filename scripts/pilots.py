@@ -60,13 +60,14 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     runs = configs(args.pilot, args.seeds)
     results, _, failed = run_all(runs, args.out, args.jobs, True, args.pilot)
-    arms: dict = {}
+    arms: dict = {}  # (depth, norm, init, lr, batch) -> its runs
     for c in runs:
         if c.key() in results:
             arm = (c.model.depth, c.model.norm, c.model.init, c.lr, c.batch_size)
-            arms.setdefault(arm, []).append(validation(results[c.key()], args.pilot))
+            arms.setdefault(arm, []).append(Run(c, results[c.key()]))
     print("depth  norm   init    lr       batch  validation accuracy (mean ± std, n)")
-    for (depth, norm, init, lr, batch), v in sorted(arms.items()):
+    for (depth, norm, init, lr, batch), rs in sorted(arms.items()):
+        v = [validation(r.result, args.pilot) for r in rs]
         print(f"{depth:<6} {norm:<6} {init:<7} {lr:<8.4g} {batch:<6} {statistics.mean(v):.4f} ± {statistics.stdev(v):.4f}, {len(v)}")
     print(sensitivities(arms) if args.pilot == "init-depth" else gains(arms))
     if failed:
@@ -77,21 +78,22 @@ def gains(arms: dict) -> str:
     """Per large batch, what ghost BN adds to BN's validation accuracy, ± its standard error."""
     lines = []
     for batch in sorted({a[4] for a in arms}):
-        bn, ghost = ([v for a, v in arms.items() if a[1] == norm and a[4] == batch][0] for norm in ("bn", "ghost"))
+        bn, ghost = ([validation(r.result, "ghost-batch") for r in next(rs for a, rs in arms.items() if a[1] == norm and a[4] == batch)]
+                     for norm in ("bn", "ghost"))
         se = math.sqrt(statistics.variance(bn) / len(bn) + statistics.variance(ghost) / len(ghost))
         lines.append(f"ghost BN's gain at batch {batch}: {statistics.mean(ghost) - statistics.mean(bn):.4f} ± {se:.4f}")
     return "\n".join(lines)
 
 
 def sensitivities(arms: dict) -> str:
-    """Per depth and network, the claim's sensitivity on the validation split: each scheme at its
-    rate of best mean validation accuracy, then per seed (best - worst) / (best - chance)."""
+    """Per depth and network, the claim's sensitivity on the validation split: each scheme at the
+    rate the claim would choose (``base.tune``), then per seed (best - worst) / (best - chance)."""
     lines = []
     for depth, norm in sorted({(a[0], a[1]) for a in arms}):
         best = []
         for init in init_robustness.SCHEMES:
-            rates = {a[3]: v for a, v in arms.items() if a[:3] == (depth, norm, init)}
-            best.append(rates[max(sorted(rates), key=lambda lr: statistics.mean(rates[lr]))])
+            _, chosen = base.tune([r for a, rs in arms.items() if a[:3] == (depth, norm, init) for r in rs])
+            best.append([validation(r.result) for r in chosen])
         per_seed = [init_robustness.sensitivity(max(accs), min(accs), 0.1) for accs in zip(*best)]  # 10 classes
         lines.append(f"sensitivity, {depth} layers, {norm}: {statistics.mean(per_seed):.3f} ± {statistics.stdev(per_seed):.3f}")
     return "\n".join(lines)
