@@ -26,7 +26,6 @@ machine and its load with any figure you quote.
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 import torch
 from _timing import median_times
@@ -61,21 +60,16 @@ def kinds(quick: bool) -> dict[str, RunConfig]:
     }
 
 
-@contextlib.contextmanager
-def torch_batch_norm():
-    """The lab's "bn" built from torch.nn's BatchNorm classes instead of normlab's."""
-    saved = models.NORMS["bn"]
-    models.NORMS["bn"] = lambda c, s: (nn.BatchNorm1d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[s](c)
-    try:
-        yield
-    finally:
-        models.NORMS["bn"] = saved
-
-
 def with_torch_batch_norm(run):
+    """``run`` with the lab's "bn" built from torch.nn's BatchNorm classes instead of normlab's."""
+
     def wrapped():
-        with torch_batch_norm():
+        saved = models.NORMS["bn"]
+        models.NORMS["bn"] = lambda c, s: (nn.BatchNorm1d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[s](c)
+        try:
             return run()
+        finally:
+            models.NORMS["bn"] = saved
 
     return wrapped
 
