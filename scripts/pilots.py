@@ -44,10 +44,9 @@ def configs(pilot: str, seeds: int) -> list[RunConfig]:
     ]
 
 
-def validation(result: dict, pilot: str = "init-depth") -> float:
+def validation(run: Run, pilot: str = "init-depth") -> float:
     """A run's final validation accuracy, read as the pilot's claim reads its test accuracy
     (init-robustness: a diverged run at chance)."""
-    run = Run(None, result)
     return init_robustness.final_accuracy(run, "val") if pilot == "init-depth" else base.accuracy(run, "val")
 
 
@@ -67,7 +66,7 @@ def main(argv=None) -> None:
             arms.setdefault(arm, []).append(Run(c, results[c.key()]))
     print("depth  norm   init    lr       batch  validation accuracy (mean ± std, n)")
     for (depth, norm, init, lr, batch), rs in sorted(arms.items()):
-        v = [validation(r.result, args.pilot) for r in rs]
+        v = [validation(r, args.pilot) for r in rs]
         print(f"{depth:<6} {norm:<6} {init:<7} {lr:<8.4g} {batch:<6} {statistics.mean(v):.4f} ± {statistics.stdev(v):.4f}, {len(v)}")
     print(sensitivities(arms) if args.pilot == "init-depth" else gains(arms))
     if failed:
@@ -78,7 +77,7 @@ def gains(arms: dict) -> str:
     """Per large batch, what ghost BN adds to BN's validation accuracy, ± its standard error."""
     lines = []
     for batch in sorted({a[4] for a in arms}):
-        bn, ghost = ([validation(r.result, "ghost-batch") for r in next(rs for a, rs in arms.items() if a[1] == norm and a[4] == batch)]
+        bn, ghost = ([validation(r, "ghost-batch") for r in next(rs for a, rs in arms.items() if a[1] == norm and a[4] == batch)]
                      for norm in ("bn", "ghost"))
         se = math.sqrt(statistics.variance(bn) / len(bn) + statistics.variance(ghost) / len(ghost))
         lines.append(f"ghost BN's gain at batch {batch}: {statistics.mean(ghost) - statistics.mean(bn):.4f} ± {se:.4f}")
@@ -93,7 +92,7 @@ def sensitivities(arms: dict) -> str:
         best = []
         for init in init_robustness.SCHEMES:
             _, chosen = base.tune([r for a, rs in arms.items() if a[:3] == (depth, norm, init) for r in rs])
-            best.append([validation(r.result) for r in chosen])
+            best.append([validation(r) for r in chosen])
         per_seed = [init_robustness.sensitivity(max(accs), min(accs), 0.1) for accs in zip(*best)]  # 10 classes
         lines.append(f"sensitivity, {depth} layers, {norm}: {statistics.mean(per_seed):.3f} ± {statistics.stdev(per_seed):.3f}")
     return "\n".join(lines)

@@ -35,9 +35,10 @@ def test_the_pilot_trains_the_claims_setup_on_seeds_no_report_uses(pilot, claim)
 
 def test_the_pilot_reads_validation_only():
     result = {"final_val_accuracy": 0.4, "final_test_accuracy": 0.9, "diverged": None, "classes": 10}
-    assert pilots.validation(result) == 0.4
-    assert pilots.validation({**result, "diverged": {"step": 3}}) == 0.1  # at chance, as init-robustness counts it
-    assert pilots.validation({**result, "diverged": {"step": 3}}, "ghost-batch") == 0.4  # as ghost-batches reads it
+    diverged = pilots.Run(None, {**result, "diverged": {"step": 3}})
+    assert pilots.validation(pilots.Run(None, result)) == 0.4
+    assert pilots.validation(diverged) == 0.1  # at chance, as init-robustness counts it
+    assert pilots.validation(diverged, "ghost-batch") == 0.4  # as ghost-batches reads it
 
 
 def run(depth, norm, init, lr, batch, seed, accuracy, diverged=None):
